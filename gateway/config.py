@@ -1,0 +1,60 @@
+"""Settings of one gateway process, from flags and environment (flags win).
+
+Environment variables use the `GATEWAY_` prefix; `ANTHROPIC_API_KEY` and
+`ANTHROPIC_BASE_URL` keep the names the official SDK reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8283
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("GATEWAY_DATA_DIR", "data")))
+    database_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_DATABASE_URL") or None)
+    redis_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_REDIS_URL") or None)
+    anthropic_api_key: str | None = field(default_factory=lambda: os.environ.get("ANTHROPIC_API_KEY") or None)
+    anthropic_base_url: str | None = field(default_factory=lambda: os.environ.get("ANTHROPIC_BASE_URL") or None)
+    # The built-in offline model: mounted at /offline on this server unless offline_base_url points elsewhere.
+    offline_base_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_OFFLINE_URL") or None)
+    offline_tokens_per_second: float = field(
+        default_factory=lambda: _env_float("GATEWAY_OFFLINE_TOKENS_PER_SECOND", 30.0)
+    )
+    max_frame_bytes: int = field(default_factory=lambda: _env_int("GATEWAY_MAX_FRAME_BYTES", 1 << 20))
+    max_subscriptions: int = field(default_factory=lambda: _env_int("GATEWAY_MAX_SUBSCRIPTIONS", 256))
+    heartbeat_s: float = field(default_factory=lambda: _env_float("GATEWAY_HEARTBEAT_S", 20.0))
+    hello_timeout_s: float = 10.0
+    outbox_limit: int = field(default_factory=lambda: _env_int("GATEWAY_OUTBOX_LIMIT", 4096))
+    allowed_origins: tuple[str, ...] = ()
+    tool_timeout_s: float = field(default_factory=lambda: _env_float("GATEWAY_TOOL_TIMEOUT_S", 30.0))
+    log_retention_s: float = field(default_factory=lambda: _env_float("GATEWAY_LOG_RETENTION_S", 86400.0))
+    shutdown_grace_s: float = field(default_factory=lambda: _env_float("GATEWAY_SHUTDOWN_GRACE_S", 10.0))
+    default_max_steps: int = 10
+    auth_token: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_AUTH_TOKEN") or None)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    def public_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    def resolved_offline_url(self) -> str:
+        return self.offline_base_url or f"http://{self.public_host()}:{self.port}/offline"

@@ -1,0 +1,328 @@
+"""The gateway's persistent state behind one small async API (SQLite or PostgreSQL).
+
+Every method is one transaction. Rows come back detached (safe to read after the call).
+Contention points use conditional UPDATEs, so they are safe across processes too:
+`acquire_agent` (one active run per agent) and `decide_approval` (first decision wins).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from gateway.store.db import create_engine, migrate
+from gateway.store.models import Agent, Approval, Message, Run, Step, Tool
+
+ACTIVE_STATUSES = ("running", "awaiting_approval")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4()}"
+
+
+class DuplicateIdempotencyKey(Exception):
+    """A run with this (agent, idempotency_key) exists already."""
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.session = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        engine = create_engine(url)
+        await migrate(engine)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- tools -------------------------------------------------------------------------------
+
+    async def upsert_tool(self, **fields: Any) -> Tool:
+        """Create the tool, or update the one with the same name (Letta's PUT /v1/tools/)."""
+        async with self.session.begin() as s:
+            tool = (await s.execute(select(Tool).where(Tool.name == fields["name"]))).scalar_one_or_none()
+            stamp = now_iso()
+            if tool is None:
+                tool = Tool(id=new_id("tool"), created_at=stamp, updated_at=stamp, **fields)
+                s.add(tool)
+            else:
+                for key, value in fields.items():
+                    setattr(tool, key, value)
+                tool.updated_at = stamp
+            return tool
+
+    async def get_tool(self, tool_id: str) -> Tool | None:
+        async with self.session() as s:
+            return await s.get(Tool, tool_id)
+
+    async def list_tools(self, ids: Sequence[str] | None = None) -> list[Tool]:
+        async with self.session() as s:
+            q = select(Tool).order_by(Tool.created_at)
+            if ids is not None:
+                q = q.where(Tool.id.in_(list(ids)))
+            return list((await s.execute(q)).scalars())
+
+    async def delete_tool(self, tool_id: str) -> bool:
+        async with self.session.begin() as s:
+            return (await s.execute(delete(Tool).where(Tool.id == tool_id))).rowcount > 0  # type: ignore[attr-defined]
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def create_agent(self, **fields: Any) -> Agent:
+        async with self.session.begin() as s:
+            stamp = now_iso()
+            agent = Agent(id=new_id("agent"), created_at=stamp, updated_at=stamp, **fields)
+            s.add(agent)
+            return agent
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        async with self.session() as s:
+            return await s.get(Agent, agent_id)
+
+    async def list_agents(self) -> list[Agent]:
+        async with self.session() as s:
+            return list((await s.execute(select(Agent).order_by(Agent.created_at))).scalars())
+
+    async def update_agent(self, agent_id: str, **fields: Any) -> Agent | None:
+        async with self.session.begin() as s:
+            agent = await s.get(Agent, agent_id)
+            if agent is None:
+                return None
+            for key, value in fields.items():
+                setattr(agent, key, value)
+            agent.updated_at = now_iso()
+            return agent
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        async with self.session.begin() as s:
+            await s.execute(delete(Message).where(Message.agent_id == agent_id))
+            run_ids = select(Run.id).where(Run.agent_id == agent_id)
+            await s.execute(delete(Approval).where(Approval.run_id.in_(run_ids)))
+            await s.execute(delete(Step).where(Step.agent_id == agent_id))
+            await s.execute(delete(Run).where(Run.agent_id == agent_id))
+            return (await s.execute(delete(Agent).where(Agent.id == agent_id))).rowcount > 0  # type: ignore[attr-defined]
+
+    async def acquire_agent(self, agent_id: str, run_id: str) -> bool:
+        """Make `run_id` the agent's active run if it has none. Atomic across processes."""
+        async with self.session.begin() as s:
+            result = await s.execute(
+                update(Agent)
+                .where(Agent.id == agent_id, Agent.active_run_id.is_(None))
+                .values(active_run_id=run_id)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    async def release_agent(self, agent_id: str, run_id: str) -> None:
+        async with self.session.begin() as s:
+            await s.execute(
+                update(Agent)
+                .where(Agent.id == agent_id, Agent.active_run_id == run_id)
+                .values(active_run_id=None)
+            )
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def create_run(self, run: Run, messages: Iterable[Message] = ()) -> Run:
+        """Insert the run (and, for a run that starts now, its input messages) atomically.
+
+        Raises DuplicateIdempotencyKey when the agent already has a run with that key.
+        """
+        try:
+            async with self.session.begin() as s:
+                s.add(run)
+                await s.flush()
+                s.add_all(list(messages))
+        except IntegrityError as exc:
+            if run.idempotency_key is not None:
+                raise DuplicateIdempotencyKey(run.idempotency_key) from exc
+            raise
+        return run
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self.session() as s:
+            return await s.get(Run, run_id)
+
+    async def find_run_by_key(self, agent_id: str, key: str) -> Run | None:
+        async with self.session() as s:
+            q = select(Run).where(Run.agent_id == agent_id, Run.idempotency_key == key)
+            return (await s.execute(q)).scalar_one_or_none()
+
+    async def list_runs(self, agent_id: str | None = None, statuses: Sequence[str] | None = None) -> list[Run]:
+        async with self.session() as s:
+            q = select(Run).order_by(Run.created_at)
+            if agent_id is not None:
+                q = q.where(Run.agent_id == agent_id)
+            if statuses is not None:
+                q = q.where(Run.status.in_(list(statuses)))
+            return list((await s.execute(q)).scalars())
+
+    async def update_run(self, run_id: str, **fields: Any) -> None:
+        async with self.session.begin() as s:
+            await s.execute(update(Run).where(Run.id == run_id).values(**fields))
+
+    async def next_queued_run(self, agent_id: str) -> Run | None:
+        async with self.session() as s:
+            q = (
+                select(Run)
+                .where(Run.agent_id == agent_id, Run.status == "queued")
+                .order_by(Run.created_at, Run.id)
+                .limit(1)
+            )
+            return (await s.execute(q)).scalar_one_or_none()
+
+    # -- messages and steps ------------------------------------------------------------------
+
+    async def add_messages(self, messages: Iterable[Message]) -> None:
+        async with self.session.begin() as s:
+            s.add_all(list(messages))
+
+    async def persist_step(
+        self,
+        step: Step,
+        messages: Iterable[Message],
+        run_id: str,
+        run_fields: dict[str, Any],
+        approvals: Iterable[Approval] = (),
+    ) -> None:
+        """A step's messages, its usage row, the run's counters and any pending approvals, in one transaction."""
+        async with self.session.begin() as s:
+            s.add(step)
+            s.add_all(list(messages))
+            s.add_all(list(approvals))
+            if run_fields:
+                await s.execute(update(Run).where(Run.id == run_id).values(**run_fields))
+
+    async def history(self, agent_id: str) -> list[Message]:
+        async with self.session() as s:
+            q = select(Message).where(Message.agent_id == agent_id).order_by(Message.pos)
+            return list((await s.execute(q)).scalars())
+
+    async def list_messages(
+        self,
+        *,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        after_pos: int | None = None,
+        before_pos: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> list[Message]:
+        async with self.session() as s:
+            q = select(Message)
+            if agent_id is not None:
+                q = q.where(Message.agent_id == agent_id)
+            if run_id is not None:
+                q = q.where(Message.run_id == run_id)
+            if after_pos is not None:
+                q = q.where(Message.pos > after_pos)
+            if before_pos is not None:
+                q = q.where(Message.pos < before_pos)
+            q = q.order_by(Message.pos.desc() if descending else Message.pos)
+            if limit is not None:
+                q = q.limit(limit)
+            return list((await s.execute(q)).scalars())
+
+    async def message_pos(self, message_id: str) -> int | None:
+        async with self.session() as s:
+            return (await s.execute(select(Message.pos).where(Message.id == message_id))).scalar_one_or_none()
+
+    async def count_messages(self, agent_id: str) -> int:
+        async with self.session() as s:
+            q = select(func.count()).select_from(Message).where(Message.agent_id == agent_id)
+            return int((await s.execute(q)).scalar_one())
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def approvals(self, run_id: str) -> list[Approval]:
+        async with self.session() as s:
+            q = select(Approval).where(Approval.run_id == run_id).order_by(Approval.position)
+            return list((await s.execute(q)).scalars())
+
+    async def decide_approval(self, run_id: str, tool_call_id: str, approve: bool, reason: str | None) -> bool:
+        """Record a decision unless one exists. True when this call's decision won."""
+        async with self.session.begin() as s:
+            result = await s.execute(
+                update(Approval)
+                .where(
+                    Approval.run_id == run_id,
+                    Approval.tool_call_id == tool_call_id,
+                    Approval.decision.is_(None),
+                )
+                .values(decision=approve, reason=reason, decided_at=now_iso())
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    async def decide_approvals(
+        self, run_id: str, decisions: Sequence[tuple[str, bool, str | None]]
+    ) -> list[str]:
+        """Record several decisions atomically: all win, or none is written.
+
+        Returns the ids that lost (already decided); empty means every decision was recorded.
+        """
+        lost: list[str] = []
+        async with self.session() as s, s.begin():
+            stamp = now_iso()
+            for tool_call_id, approve, reason in decisions:
+                result = await s.execute(
+                    update(Approval)
+                    .where(
+                        Approval.run_id == run_id,
+                        Approval.tool_call_id == tool_call_id,
+                        Approval.decision.is_(None),
+                    )
+                    .values(decision=approve, reason=reason, decided_at=stamp)
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    lost.append(tool_call_id)
+            if lost:
+                await s.rollback()
+        return lost
+
+    async def deny_pending(self, run_id: str, reason: str) -> list[str]:
+        """Deny every undecided call of the run (cancel, timeout). Returns their ids."""
+        async with self.session.begin() as s:
+            q = select(Approval.tool_call_id).where(Approval.run_id == run_id, Approval.decision.is_(None))
+            ids = list((await s.execute(q)).scalars())
+            if ids:
+                await s.execute(
+                    update(Approval)
+                    .where(Approval.run_id == run_id, Approval.decision.is_(None))
+                    .values(decision=False, reason=reason, decided_at=now_iso())
+                )
+            return ids
+
+    async def add_tool_results(self, row: Message, run_id: str, approval_ids: Sequence[str]) -> None:
+        """A step's tool results, marking the approvals they answer as resolved, in one transaction."""
+        async with self.session.begin() as s:
+            s.add(row)
+            if approval_ids:
+                await s.execute(
+                    update(Approval)
+                    .where(Approval.run_id == run_id, Approval.tool_call_id.in_(list(approval_ids)))
+                    .values(resolved=True)
+                )
+
+    async def transition_run(self, run_id: str, from_status: str, to_status: str, **fields: Any) -> bool:
+        """Compare-and-set of a run's status; True when this caller made the move."""
+        async with self.session.begin() as s:
+            result = await s.execute(
+                update(Run).where(Run.id == run_id, Run.status == from_status).values(status=to_status, **fields)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
