@@ -1,0 +1,6 @@
+"""Per-run event logs and fan-out: memory (default); Redis for several processes."""
+
+from gateway.broker.base import Broker, LogInfo, Sink
+from gateway.broker.memory import MemoryBroker
+
+__all__ = ["Broker", "LogInfo", "MemoryBroker", "Sink"]

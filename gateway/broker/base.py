@@ -1,0 +1,40 @@
+"""The broker: one append-only event log per run, read by every subscriber.
+
+Contract (every implementation, checked by one conformance suite):
+- `append` assigns `seq` (1, 2, 3... with no gaps), encodes the frame ONCE, and hands
+  `(seq, frame)` to every attached sink before returning. It never waits for a sink.
+- `attach(run_id, sink, after)` delivers every event with `seq > after` and then the live
+  ones, in order, with no gap and no duplicate, even while the run is appending.
+- A log is named by its `epoch`; a lost or rebuilt log gets a new epoch, so a client holding
+  the old one learns its cursor is meaningless (`recovered: false`).
+- A closed log (run finished) is kept for `retention_s`, then dropped.
+- Sinks are called synchronously on the appending task; they must only enqueue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Sink(Protocol):
+    def deliver(self, run_id: str, seq: int, frame: str, event: dict[str, Any]) -> None:
+        """Take one encoded event frame. Must not block or raise."""
+
+
+@dataclass(slots=True, frozen=True)
+class LogInfo:
+    epoch: str
+    last_seq: int
+    first_seq: int  # oldest seq still held (1 unless trimmed)
+    closed: bool
+
+
+class Broker(Protocol):
+    def open(self, run_id: str, epoch: str) -> None: ...
+    def append(self, run_id: str, event: dict[str, Any]) -> int: ...
+    def close(self, run_id: str) -> None: ...
+    def info(self, run_id: str) -> LogInfo | None: ...
+    def attach(self, run_id: str, sink: Sink, after: int) -> LogInfo | None: ...
+    def detach(self, run_id: str, sink: Sink) -> None: ...
+    def events(self, run_id: str, after: int = 0) -> list[tuple[int, str]]: ...

@@ -1,0 +1,106 @@
+"""In-process broker: logs are lists of pre-encoded frames; fan-out is a loop over sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gateway.broker.base import LogInfo, Sink
+from protocol.codec import encode_event
+
+
+class RunLog:
+    __slots__ = ("closed_at", "epoch", "events", "frames", "run_id", "sinks")
+
+    def __init__(self, run_id: str, epoch: str) -> None:
+        self.run_id = run_id
+        self.epoch = epoch
+        self.frames: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.sinks: list[Sink] = []
+        self.closed_at: float | None = None
+
+    def info(self) -> LogInfo:
+        return LogInfo(self.epoch, len(self.frames), 1, self.closed_at is not None)
+
+
+class MemoryBroker:
+    def __init__(self, retention_s: float = 86400.0) -> None:
+        self.retention_s = retention_s
+        self.logs: dict[str, RunLog] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def open(self, run_id: str, epoch: str) -> None:
+        if run_id not in self.logs:
+            self.logs[run_id] = RunLog(run_id, epoch)
+
+    def append(self, run_id: str, event: dict[str, Any]) -> int:
+        log = self.logs[run_id]
+        seq = len(log.frames) + 1
+        frame = encode_event(run_id, seq, event).decode()
+        log.frames.append(frame)
+        log.events.append(event)
+        for sink in log.sinks:
+            sink.deliver(run_id, seq, frame, event)
+        return seq
+
+    def close(self, run_id: str) -> None:
+        log = self.logs.get(run_id)
+        if log is not None and log.closed_at is None:
+            log.closed_at = time.monotonic()
+            self._schedule_sweep()
+
+    def info(self, run_id: str) -> LogInfo | None:
+        log = self.logs.get(run_id)
+        return None if log is None else log.info()
+
+    def attach(self, run_id: str, sink: Sink, after: int) -> LogInfo | None:
+        log = self.logs.get(run_id)
+        if log is None:
+            return None
+        frames, events = log.frames, log.events
+        for i in range(max(after, 0), len(frames)):
+            sink.deliver(run_id, i + 1, frames[i], events[i])
+        if sink not in log.sinks:
+            log.sinks.append(sink)
+        return log.info()
+
+    def detach(self, run_id: str, sink: Sink) -> None:
+        log = self.logs.get(run_id)
+        if log is not None and sink in log.sinks:
+            log.sinks.remove(sink)
+
+    def events(self, run_id: str, after: int = 0) -> list[tuple[int, str]]:
+        log = self.logs.get(run_id)
+        if log is None:
+            return []
+        return [(i + 1, log.frames[i]) for i in range(max(after, 0), len(log.frames))]
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop closed logs older than the retention time; returns how many."""
+        now = time.monotonic() if now is None else now
+        expired = [
+            rid
+            for rid, log in self.logs.items()
+            if log.closed_at is not None and now - log.closed_at >= self.retention_s and not log.sinks
+        ]
+        for rid in expired:
+            del self.logs[rid]
+        return len(expired)
+
+    def _schedule_sweep(self) -> None:
+        if self._sweeper is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        def run() -> None:
+            self._sweeper = None
+            self.sweep()
+            if any(log.closed_at is not None for log in self.logs.values()):
+                self._schedule_sweep()
+
+        self._sweeper = loop.call_later(min(self.retention_s, 60.0), run)

@@ -1,0 +1,78 @@
+"""Reaching a model: the official `anthropic` SDK builds, authenticates and retries each
+request; the response body is read raw and its SSE events decoded with orjson straight into
+the interpreter (the SDK's own per-event model building is the hot path's largest cost).
+
+An agent's `model` handle is Letta's `provider/name`: `anthropic/<model>` goes to Anthropic
+(or `ANTHROPIC_BASE_URL`) when an API key is set, otherwise to the built-in offline model;
+`offline/<name>` always goes to the offline model. Both are plain HTTP through the SDK.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anthropic
+
+from gateway.config import Settings
+from gateway.llm.sse import iter_sse_json
+
+PROVIDERS = ("anthropic", "offline")
+
+
+class UnknownModel(ValueError):
+    pass
+
+
+def parse_handle(handle: str) -> tuple[str, str]:
+    """`provider/name` -> (provider, name); ValueError with a readable message otherwise."""
+    provider, sep, name = handle.partition("/")
+    if not sep or not name or provider not in PROVIDERS:
+        raise UnknownModel(
+            f"model must look like 'anthropic/<model>' or 'offline/<name>', got {handle!r}"
+        )
+    return provider, name
+
+
+class ModelRouter:
+    def __init__(self, settings: Settings) -> None:
+        retries = int(os.environ.get("GATEWAY_LLM_MAX_RETRIES", "2"))
+        self.offline = anthropic.AsyncAnthropic(
+            api_key="offline", base_url=settings.resolved_offline_url(), max_retries=retries
+        )
+        self.real: anthropic.AsyncAnthropic | None = None
+        if settings.anthropic_api_key:
+            self.real = anthropic.AsyncAnthropic(
+                api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, max_retries=retries
+            )
+
+    @staticmethod
+    def describe_settings(settings: Settings) -> str:
+        offline = settings.resolved_offline_url()
+        if settings.anthropic_api_key:
+            real = settings.anthropic_base_url or "https://api.anthropic.com"
+            return f"anthropic/* -> {real}; offline/* -> {offline}"
+        return f"anthropic/* and offline/* -> offline model at {offline}"
+
+    def resolve(self, handle: str) -> tuple[anthropic.AsyncAnthropic, str]:
+        provider, name = parse_handle(handle)
+        if provider == "anthropic" and self.real is not None:
+            return self.real, name
+        return self.offline, name
+
+    async def close(self) -> None:
+        await self.offline.close()
+        if self.real is not None:
+            await self.real.close()
+
+
+@asynccontextmanager
+async def open_stream(
+    client: anthropic.AsyncAnthropic, request: dict[str, Any]
+) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    """Open a streaming Messages request; yields the raw event dicts. Leaving the block
+    closes the upstream connection (which is how a cancel stops the model)."""
+    async with client.messages.with_streaming_response.create(**request, stream=True) as response:
+        yield iter_sse_json(response.http_response.aiter_bytes())

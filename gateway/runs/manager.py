@@ -1,0 +1,354 @@
+"""The run manager: accepts runs, owns their tasks in this process, routes cancel and
+approval decisions to them, starts queued runs when their agent frees up, and recovers
+runs left behind by a previous process at start-up.
+
+Concurrency rules: one active run per agent is enforced by the store (`acquire_agent`, a
+conditional UPDATE), idempotency keys by a unique constraint, and every status change that
+two parties could race for (resume after approval, start of a queued run, cancel of a parked
+run) by a compare-and-set in the store. An in-process lock per agent only avoids needless
+round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.agent import events as ev
+from gateway.agent.history import user_content
+from gateway.agent.loop import ActiveRun, Executor, Stop, denied_text, new_epoch, run_from_row, tool_error
+from gateway.broker import Broker
+from gateway.errors import GatewayError, not_found
+from gateway.llm.client import ModelRouter
+from gateway.runs.lifecycle import Action, advance, is_terminal
+from gateway.store import DuplicateIdempotencyKey, Message, Run, Store, new_id, now_iso
+
+log = logging.getLogger("gateway.runs")
+
+RUN_OWNER_RESTARTED = "the gateway restarted while this run was in progress"
+
+
+class RunManager:
+    def __init__(self, store: Store, broker: Broker, router: ModelRouter, *, tool_timeout_s: float, default_max_steps: int):
+        self.store = store
+        self.broker = broker
+        self.default_max_steps = default_max_steps
+        self.executor = Executor(store, broker, router, tool_timeout_s=tool_timeout_s, on_finished=self._finished)
+        self.active: dict[str, ActiveRun] = {}
+        self._agent_locks: dict[str, asyncio.Lock] = {}
+        self._run_locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.accepting = True
+
+    # -- start -------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        agent_id: str,
+        messages: Sequence[dict[str, Any]],
+        *,
+        stream_tokens: bool = True,
+        max_steps: int | None = None,
+        idempotency_key: str | None = None,
+        if_busy: str = "reject",
+    ) -> tuple[Run, bool]:
+        """Accept a run. Returns (run, created); created is False for a repeated idempotency key."""
+        if not self.accepting:
+            raise GatewayError("rate_limited", "the gateway is shutting down; retry on another instance", retryable=True)
+        lock = self._agent_locks.setdefault(agent_id, asyncio.Lock())
+        async with lock:
+            agent = await self.store.get_agent(agent_id)
+            if agent is None:
+                raise not_found("agent", agent_id)
+            if idempotency_key is not None:
+                existing = await self.store.find_run_by_key(agent_id, idempotency_key)
+                if existing is not None:
+                    return existing, False
+            run_id = new_id("run")
+            acquired = await self.store.acquire_agent(agent_id, run_id)
+            if not acquired and if_busy != "queue":
+                fresh = await self.store.get_agent(agent_id)
+                active = fresh.active_run_id if fresh else None
+                raise GatewayError(
+                    "agent_busy",
+                    f"agent {agent_id} is running {active}; retry later or use if_busy: queue",
+                    details={"active_run_id": active},
+                    retryable=True,
+                )
+            status = "running" if acquired else "queued"
+            stamp = now_iso()
+            inputs = []
+            for m in messages:
+                inputs.append(
+                    {
+                        "id": new_id("message"),
+                        "otid": m.get("otid") or new_id("otid"),
+                        "content": m["content"],
+                    }
+                )
+            run = Run(
+                id=run_id,
+                agent_id=agent_id,
+                status=status,
+                idempotency_key=idempotency_key,
+                request={
+                    "messages": inputs,
+                    "stream_tokens": stream_tokens,
+                    "max_steps": max_steps or self.default_max_steps,
+                },
+                usage={},
+                step_count=0,
+                last_seq=0,
+                epoch=new_epoch(),
+                created_at=stamp,
+            )
+            rows = self._input_rows(run) if acquired else []
+            try:
+                await self.store.create_run(run, rows)
+            except DuplicateIdempotencyKey:
+                if acquired:
+                    await self.store.release_agent(agent_id, run_id)
+                existing = await self.store.find_run_by_key(agent_id, idempotency_key or "")
+                assert existing is not None
+                return existing, False
+            except BaseException:
+                if acquired:
+                    await self.store.release_agent(agent_id, run_id)
+                raise
+            self._open_log(run)
+            if acquired:
+                self._spawn_drive(run_from_row(run))
+            else:
+                self._spawn(self._drain_queue(agent_id))
+            return run, True
+
+    def _input_rows(self, run: Run) -> list[Message]:
+        return [
+            Message(
+                id=m["id"],
+                agent_id=run.agent_id,
+                run_id=run.id,
+                step_id=None,
+                role="user",
+                content=user_content(m["content"]),
+                meta=[{"otid": m["otid"]}],
+                partial=False,
+                created_at=run.created_at,
+            )
+            for m in run.request["messages"]
+        ]
+
+    def _open_log(self, run: Run) -> None:
+        """A new log opens with the inputs (seq 1..n) and the first run_status."""
+        self.broker.open(run.id, run.epoch)
+        for m in run.request["messages"]:
+            self.broker.append(run.id, ev.user_message(m["id"], m["otid"], m["content"], run.created_at))
+        self.broker.append(run.id, ev.run_status(run.status))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _spawn_drive(self, active: ActiveRun) -> None:
+        self.active[active.run_id] = active
+        active.task = self._spawn(self.executor.drive(active))
+
+    def _finished(self, run: ActiveRun) -> None:
+        self.active.pop(run.run_id, None)
+        self._run_locks.pop(run.run_id, None)
+        self._spawn(self._drain_queue(run.agent_id))
+
+    async def _drain_queue(self, agent_id: str) -> None:
+        """Start the agent's oldest queued run if the agent is free."""
+        while self.accepting:
+            run = await self.store.next_queued_run(agent_id)
+            if run is None or not await self.store.acquire_agent(agent_id, run.id):
+                return
+            if not await self.store.transition_run(run.id, "queued", advance("queued", Action.START).value):
+                await self.store.release_agent(agent_id, run.id)
+                continue  # cancelled meanwhile: try the next one
+            await self.store.add_messages(self._input_rows(run))
+            if self.broker.info(run.id) is None:
+                run.status = "queued"
+                self._open_log(run)
+            self.broker.append(run.id, ev.run_status("running"))
+            active = run_from_row(run)
+            active.status = "running"
+            self._spawn_drive(active)
+            return
+
+    # -- cancel ------------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str, mode: str = "immediate") -> str:
+        """Ask a run to stop. Returns 'cancelling', or the terminal status it already had."""
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise not_found("run", run_id)
+        if is_terminal(run.status):
+            return run.status
+        active = self.active.get(run_id)
+        if active is not None and active.task is not None and not active.task.done():
+            active.request_cancel(mode)
+            return "cancelling"
+        async with self._run_lock(run_id):
+            run = await self.store.get_run(run_id)
+            assert run is not None
+            if run.status == "queued":
+                if await self.store.transition_run(run_id, "queued", "cancelled"):
+                    await self._finish_idle(run, "queued", Stop("cancelled"))
+            elif run.status == "awaiting_approval":
+                await self._cancel_parked(run)
+            elif run.status == "running":
+                active = self.active.get(run_id)
+                if active is not None:
+                    active.request_cancel(mode)
+        return "cancelling"
+
+    async def _cancel_parked(self, run: Run) -> None:
+        active = run_from_row(run)
+        pending = await self.store.deny_pending(run.id, "cancelled")
+        if pending:
+            self.broker.append(
+                run.id, ev.approval_response(run.id, [{"tool_call_id": i, "approve": False, "reason": "cancelled"} for i in pending])
+            )
+        approvals = [a for a in await self.store.approvals(run.id) if not a.resolved]
+        if approvals:
+            from gateway.agent.loop import PlannedCall
+            from gateway.llm.interpreter import ToolCall
+
+            plans = [
+                PlannedCall(
+                    ToolCall(id=a.tool_call_id, name=a.name, input={}, arguments=a.arguments, error=None),
+                    None,
+                    False,
+                    tool_error(denied_text("the run was cancelled") if a.decision is False else "error: the run was cancelled before this tool call ran"),
+                )
+                for a in approvals
+            ]
+            await self.executor._answer_calls(active, approvals[0].step_id, plans, [a.tool_call_id for a in approvals])
+        await self.executor.finish(active, Stop("cancelled"))
+
+    async def _finish_idle(self, run: Run, status: str, stop: Stop) -> None:
+        """Close the log of a run that holds no task (queued, or found dead at start-up)."""
+        active = run_from_row(run)
+        active.status = status
+        if stop.reason == "cancelled" and status == "queued":
+            # Status already moved by compare-and-set; finish writes the same values again.
+            pass
+        await self.executor.finish(active, stop)
+
+    def _run_lock(self, run_id: str) -> asyncio.Lock:
+        return self._run_locks.setdefault(run_id, asyncio.Lock())
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def respond(self, run_id: str, decisions: Sequence[dict[str, Any]]) -> list[str]:
+        """Record approval decisions (all or none). Returns the calls still pending."""
+        ids = [d["tool_call_id"] for d in decisions]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise GatewayError(
+                "approval_not_pending",
+                f"tool call {dup} is decided twice in one command; the first decision wins",
+                details={"tool_call_id": dup},
+            )
+        async with self._run_lock(run_id):
+            run = await self.store.get_run(run_id)
+            if run is None:
+                raise not_found("run", run_id)
+            approvals = {a.tool_call_id: a for a in await self.store.approvals(run_id)}
+            for tool_call_id in ids:
+                a = approvals.get(tool_call_id)
+                if a is None:
+                    if is_terminal(run.status):
+                        raise GatewayError("run_finished", f"run {run_id} has finished ({run.status})", details={"tool_call_id": tool_call_id})
+                    raise GatewayError("approval_not_pending", f"tool call {tool_call_id} is not awaiting approval in run {run_id}", details={"tool_call_id": tool_call_id})
+                if a.decision is not None or run.status != "awaiting_approval":
+                    raise GatewayError("approval_not_pending", f"tool call {tool_call_id} was already decided", details={"tool_call_id": tool_call_id})
+            lost = await self.store.decide_approvals(run_id, [(d["tool_call_id"], bool(d["approve"]), d.get("reason")) for d in decisions])
+            if lost:
+                raise GatewayError("approval_not_pending", f"tool call {lost[0]} was already decided", details={"tool_call_id": lost[0]})
+            self.broker.append(
+                run_id,
+                ev.approval_response(
+                    run_id,
+                    [
+                        {"tool_call_id": d["tool_call_id"], "approve": bool(d["approve"]), **({"reason": d["reason"]} if d.get("reason") else {})}
+                        for d in decisions
+                    ],
+                ),
+            )
+            current = await self.store.approvals(run_id)
+            pending = [a.tool_call_id for a in current if a.decision is None]
+            if not pending:
+                await self._resume(run, [a for a in current if not a.resolved])
+            return pending
+
+    async def _resume(self, run: Run, decided: list[Any]) -> None:
+        if not await self.store.transition_run(run.id, "awaiting_approval", "running"):
+            return  # someone else resumed (or cancelled) it
+        self.broker.append(run.id, ev.run_status("running"))
+        active = run_from_row(run)
+        active.status = "running"
+        self.active[run.id] = active
+        active.task = self._spawn(self.executor.resume(active, decided))
+
+    # -- lifecycle of the process ------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Runs left `running` or `queued` by a process that died are settled honestly."""
+        for run in await self.store.list_runs(statuses=["running"]):
+            if run.id in self.active:
+                continue
+            if self.broker.info(run.id) is None:
+                self.broker.open(run.id, new_epoch())
+                await self.store.update_run(run.id, epoch=self.broker.info(run.id).epoch)  # type: ignore[union-attr]
+            await self._finish_idle(run, "running", Stop("error", "gateway_restarted", RUN_OWNER_RESTARTED, True))
+        for run in await self.store.list_runs(statuses=["awaiting_approval"]):
+            if self.broker.info(run.id) is None:
+                await self._rebuild_log(run)
+        for run in await self.store.list_runs(statuses=["queued"]):
+            if self.broker.info(run.id) is None:
+                self._open_log(run)
+            self._spawn(self._drain_queue(run.agent_id))
+
+    async def _rebuild_log(self, run: Run) -> None:
+        """A parked run whose log was lost gets a new log (new epoch) from what is persisted."""
+        epoch = new_epoch()
+        await self.store.update_run(run.id, epoch=epoch)
+        self.broker.open(run.id, epoch)
+        rows = await self.store.list_messages(run_id=run.id)
+        for row in rows:
+            for event in ev.row_events(row):
+                self.broker.append(run.id, event)
+        approvals = await self.store.approvals(run.id)
+        pending = [a for a in approvals if not a.resolved]
+        if pending:
+            calls = [{"tool_call_id": a.tool_call_id, "name": a.name, "arguments": a.arguments} for a in pending]
+            msg_id = next((r.id for r in reversed(rows) if r.role == "assistant"), new_id("message"))
+            self.broker.append(run.id, ev.approval_request(msg_id, f"{msg_id}-approval", pending[0].step_id, calls))
+            decided = [{"tool_call_id": a.tool_call_id, "approve": a.decision, **({"reason": a.reason} if a.reason else {})} for a in pending if a.decision is not None]
+            if decided:
+                self.broker.append(run.id, ev.approval_response(run.id, decided))
+        self.broker.append(run.id, ev.run_status("awaiting_approval"))
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting, let running steps finish within the grace period, then cancel the rest."""
+        self.accepting = False
+        for active in list(self.active.values()):
+            active.draining = True
+        tasks = [a.task for a in self.active.values() if a.task is not None and not a.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for active in list(self.active.values()):
+            if active.task is not None and not active.task.done():
+                active.task.cancel()
+        pending = [t for t in self._background if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
