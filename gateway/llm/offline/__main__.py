@@ -1,0 +1,5 @@
+"""`python -m gateway.llm.offline`: see `cli.main`."""
+
+from gateway.llm.offline.cli import main
+
+raise SystemExit(main())
