@@ -111,12 +111,14 @@ class Executor:
         *,
         tool_timeout_s: float,
         on_finished: Callable[[ActiveRun], None],
+        on_parked: Callable[[ActiveRun, Agent], None],
     ) -> None:
         self.store = store
         self.broker = broker
         self.router = router
         self.tool_timeout_s = tool_timeout_s
         self.on_finished = on_finished
+        self.on_parked = on_parked
 
     # -- task bodies -------------------------------------------------------------------------
 
@@ -198,6 +200,8 @@ class Executor:
         failure: Stop | None = None
         cancelled = False
         run.phase = asyncio.ensure_future(self._consume(client, request, state, run.run_id))
+        if run.cancel_mode == "immediate":  # arrived while the request was being built
+            run.phase.cancel()
         try:
             await run.phase
             out = finish(state)
@@ -253,7 +257,9 @@ class Executor:
                     await self._cancel_pending(run, step_id, [p.call.id for p in waiting])
                 return stop
         if waiting:
-            return await self._park(run, step_id, message_id, waiting)
+            stop = await self._park(run, step_id, message_id, waiting)
+            self.on_parked(run, agent)
+            return stop
         return None
 
     async def _consume(
@@ -414,6 +420,23 @@ class Executor:
         ]
         await self.store.deny_pending(run.run_id, "cancelled")
         await self._answer_calls(run, step_id, plans, ids)
+
+    async def cancel_parked(self, run: ActiveRun) -> None:
+        """End a parked run as cancelled: every call still unanswered gets an error return
+        (denied ones say so), so the next request's history stays valid."""
+        approvals = [a for a in await self.store.approvals(run.run_id) if not a.resolved]
+        if approvals:
+            plans = [
+                PlannedCall(
+                    ToolCall(id=a.tool_call_id, name=a.name, input={}, arguments=a.arguments, error=None),
+                    None,
+                    False,
+                    tool_error(denied_text(a.reason) if a.decision is False else CANCELLED_RETURN),
+                )
+                for a in approvals
+            ]
+            await self._answer_calls(run, approvals[0].step_id, plans, [a.tool_call_id for a in approvals])
+        await self.finish(run, Stop("cancelled"))
 
     # -- the end -----------------------------------------------------------------------------
 

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.agent import events as ev
 from gateway.agent.history import user_content
-from gateway.agent.loop import ActiveRun, Executor, Stop, denied_text, new_epoch, run_from_row, tool_error
+from gateway.agent.loop import ActiveRun, Executor, Stop, new_epoch, run_from_row
 from gateway.broker import Broker
 from gateway.errors import GatewayError, not_found
 from gateway.llm.client import ModelRouter
 from gateway.runs.lifecycle import Action, advance, is_terminal
-from gateway.store import DuplicateIdempotencyKey, Message, Run, Store, new_id, now_iso
+from gateway.store import Agent, DuplicateIdempotencyKey, Message, Run, Store, new_id, now_iso
 
 log = logging.getLogger("gateway.runs")
 
@@ -35,7 +36,10 @@ class RunManager:
         self.store = store
         self.broker = broker
         self.default_max_steps = default_max_steps
-        self.executor = Executor(store, broker, router, tool_timeout_s=tool_timeout_s, on_finished=self._finished)
+        self.executor = Executor(
+            store, broker, router, tool_timeout_s=tool_timeout_s, on_finished=self._finished, on_parked=self._parked
+        )
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self.active: dict[str, ActiveRun] = {}
         self._agent_locks: dict[str, asyncio.Lock] = {}
         self._run_locks: dict[str, asyncio.Lock] = {}
@@ -160,7 +164,43 @@ class RunManager:
     def _finished(self, run: ActiveRun) -> None:
         self.active.pop(run.run_id, None)
         self._run_locks.pop(run.run_id, None)
+        timer = self._timers.pop(run.run_id, None)
+        if timer is not None:
+            timer.cancel()
         self._spawn(self._drain_queue(run.agent_id))
+
+    def _parked(self, run: ActiveRun, agent: Agent) -> None:
+        """A parked run holds no task; only its approval timeout (if the agent sets one) is armed."""
+        self.active.pop(run.run_id, None)
+        timeout = (agent.settings or {}).get("approval_timeout_s")
+        if timeout:
+            self._arm_timeout(run.run_id, float(timeout))
+
+    def _arm_timeout(self, run_id: str, delay: float) -> None:
+        old = self._timers.pop(run_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[run_id] = loop.call_later(
+            max(0.0, delay), lambda: self._spawn(self._expire(run_id))
+        )
+
+    async def _expire(self, run_id: str) -> None:
+        """Deny every call still pending with reason "timed out", then continue the run."""
+        self._timers.pop(run_id, None)
+        async with self._run_lock(run_id):
+            run = await self.store.get_run(run_id)
+            if run is None or run.status != "awaiting_approval":
+                return
+            denied = await self.store.deny_pending(run_id, "timed out")
+            if denied:
+                self.broker.append(
+                    run_id,
+                    ev.approval_response(
+                        run_id, [{"tool_call_id": i, "approve": False, "reason": "timed out"} for i in denied]
+                    ),
+                )
+            await self._resume(run, [a for a in await self.store.approvals(run_id) if not a.resolved])
 
     async def _drain_queue(self, agent_id: str) -> None:
         """Start the agent's oldest queued run if the agent is free."""
@@ -209,36 +249,20 @@ class RunManager:
         return "cancelling"
 
     async def _cancel_parked(self, run: Run) -> None:
-        active = run_from_row(run)
-        pending = await self.store.deny_pending(run.id, "cancelled")
-        if pending:
+        denied = await self.store.deny_pending(run.id, "cancelled")
+        if denied:
             self.broker.append(
-                run.id, ev.approval_response(run.id, [{"tool_call_id": i, "approve": False, "reason": "cancelled"} for i in pending])
+                run.id,
+                ev.approval_response(
+                    run.id, [{"tool_call_id": i, "approve": False, "reason": "cancelled"} for i in denied]
+                ),
             )
-        approvals = [a for a in await self.store.approvals(run.id) if not a.resolved]
-        if approvals:
-            from gateway.agent.loop import PlannedCall
-            from gateway.llm.interpreter import ToolCall
-
-            plans = [
-                PlannedCall(
-                    ToolCall(id=a.tool_call_id, name=a.name, input={}, arguments=a.arguments, error=None),
-                    None,
-                    False,
-                    tool_error(denied_text("the run was cancelled") if a.decision is False else "error: the run was cancelled before this tool call ran"),
-                )
-                for a in approvals
-            ]
-            await self.executor._answer_calls(active, approvals[0].step_id, plans, [a.tool_call_id for a in approvals])
-        await self.executor.finish(active, Stop("cancelled"))
+        await self.executor.cancel_parked(run_from_row(run))
 
     async def _finish_idle(self, run: Run, status: str, stop: Stop) -> None:
         """Close the log of a run that holds no task (queued, or found dead at start-up)."""
         active = run_from_row(run)
         active.status = status
-        if stop.reason == "cancelled" and status == "queued":
-            # Status already moved by compare-and-set; finish writes the same values again.
-            pass
         await self.executor.finish(active, stop)
 
     def _run_lock(self, run_id: str) -> asyncio.Lock:
@@ -291,6 +315,9 @@ class RunManager:
     async def _resume(self, run: Run, decided: list[Any]) -> None:
         if not await self.store.transition_run(run.id, "awaiting_approval", "running"):
             return  # someone else resumed (or cancelled) it
+        timer = self._timers.pop(run.id, None)
+        if timer is not None:
+            timer.cancel()
         self.broker.append(run.id, ev.run_status("running"))
         active = run_from_row(run)
         active.status = "running"
@@ -311,6 +338,13 @@ class RunManager:
         for run in await self.store.list_runs(statuses=["awaiting_approval"]):
             if self.broker.info(run.id) is None:
                 await self._rebuild_log(run)
+            agent = await self.store.get_agent(run.agent_id)
+            timeout = ((agent.settings or {}).get("approval_timeout_s") if agent else None)
+            approvals = await self.store.approvals(run.id)
+            if timeout and approvals:
+                asked = datetime.fromisoformat(max(a.requested_at for a in approvals))
+                elapsed = (datetime.now(UTC) - asked).total_seconds()
+                self._arm_timeout(run.id, float(timeout) - elapsed)
         for run in await self.store.list_runs(statuses=["queued"]):
             if self.broker.info(run.id) is None:
                 self._open_log(run)
@@ -339,6 +373,9 @@ class RunManager:
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, let running steps finish within the grace period, then cancel the rest."""
         self.accepting = False
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         for active in list(self.active.values()):
             active.draining = True
         tasks = [a.task for a in self.active.values() if a.task is not None and not a.task.done()]

@@ -28,6 +28,8 @@ Magic phrases (test hooks, read from the text of the last user turn and removed 
                             tool call's argument JSON when a tool is called, else mid-text.
                             A request `max_tokens` smaller than the reply cuts it the same way.
     `[[tps:N]]`             pace this request at N tokens per second (0 = unpaced).
+    `[[ttft:MS]]`           wait MS milliseconds before the response starts (time to first
+                            token); a client leaving meanwhile counts as a disconnect.
     `[redacted]`            with thinking on, a `redacted_thinking` block instead of `thinking`.
 """
 

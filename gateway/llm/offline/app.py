@@ -413,6 +413,9 @@ class MessagesEndpoint:
             return
         tps = self.tokens_per_second if plan.tokens_per_second is None else plan.tokens_per_second
         interval = 1.0 / tps if tps > 0 else 0.0
+        if plan.first_token_delay_s and await _until_disconnect(receive, asyncio.sleep(plan.first_token_delay_s)):
+            stats.disconnects += 1
+            return
         if request.stream:
             await self._stream(receive, send, plan, request, request_id, interval)
         else:

@@ -50,7 +50,7 @@ MAX_CALLS = 64
 _SMALL_NUMBER = 6
 _FRAGMENT = 8
 
-_MAGIC_RE = re.compile(r"\[\[\s*(error|http|tps)\s*:\s*([^\]\s]+)\s*\]\]|\[\[\s*max_tokens\s*\]\]", re.I)
+_MAGIC_RE = re.compile(r"\[\[\s*(error|http|tps|ttft)\s*:\s*([^\]\s]+)\s*\]\]|\[\[\s*max_tokens\s*\]\]", re.I)
 _WORD_TOKEN_RE = re.compile(r"\s*\S+")
 _NUMBER_WORDS = {
     "zero": 0,
@@ -181,6 +181,8 @@ class Plan:
     error_after: int = 0
     http_status: int | None = None
     tokens_per_second: float | None = None
+    #: Wait this long before the response starts (a model's time to first token).
+    first_token_delay_s: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -384,6 +386,7 @@ class _Magic:
     error_type: str | None = None
     http_status: int | None = None
     tokens_per_second: float | None = None
+    first_token_delay_s: float = 0.0
     cut: bool = False
 
 
@@ -399,6 +402,11 @@ def _read_magic(text: str) -> tuple[str, _Magic]:
             magic.error_type = value if value.endswith("_error") else value + "_error"
         elif kind.lower() == "http" and value.isdigit() and 400 <= int(value) <= 599:
             magic.http_status = int(value)
+        elif kind.lower() == "ttft":
+            try:
+                magic.first_token_delay_s = min(60.0, max(0.0, float(value) / 1000))
+            except ValueError:
+                pass
         elif kind.lower() == "tps":
             try:
                 magic.tokens_per_second = max(0.0, float(value))
@@ -481,9 +489,15 @@ def plan_reply(request: MessagesRequest, *, key: bytes, seed: bytes) -> Plan:
     """Decide the reply to a validated request. `seed` is a digest of the request's content."""
     user = next((t for t in reversed(request.turns) if t.role == "user"), None)
     blocks_in = user.blocks if user is not None else []
-    raw_text = "\n".join(b["text"] for b in blocks_in if b["type"] == "text")
+    # A turn holding tool results and then new text (the user spoke after a cancelled or
+    # interrupted call): the new text is what to answer, as a real model would.
+    last_result = max((i for i, b in enumerate(blocks_in) if b["type"] == "tool_result"), default=-1)
+    trailing = [b for b in blocks_in[last_result + 1 :] if b["type"] == "text"]
+    raw_text = "\n".join(b["text"] for b in (trailing or [b for b in blocks_in if b["type"] == "text"]))
     text, magic = _read_magic(raw_text)
-    results = [b for b in blocks_in if b["type"] == "tool_result"] if request.turns[-1].role == "user" else []
+    results = []
+    if request.turns[-1].role == "user" and not (trailing and last_result >= 0):
+        results = [b for b in blocks_in if b["type"] == "tool_result"]
     seed_int = int.from_bytes(seed[:4], "big")
 
     blocks: list[PlannedBlock] = []
@@ -559,6 +573,7 @@ def plan_reply(request: MessagesRequest, *, key: bytes, seed: bytes) -> Plan:
         stop_reason=stop_reason,
         http_status=magic.http_status,
         tokens_per_second=magic.tokens_per_second,
+        first_token_delay_s=magic.first_token_delay_s,
     )
     total = plan.total_tokens
     if request.max_tokens and total > request.max_tokens:
