@@ -912,6 +912,7 @@ async def test_stats_count_completed_requests(offline: Offline) -> None:
         "rejected": 0,
         "errors": 0,
         "output_tokens": offline.stats.output_tokens,
+        "disconnect_times": [],
     }
     assert offline.stats.output_tokens > 10
 
@@ -953,3 +954,18 @@ async def test_standalone_main_serves_the_sdk() -> None:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
     assert text_of(message) == "Teamwork makes the dream work"
+
+
+async def test_stats_endpoint_reports_disconnect_times() -> None:
+    import httpx2
+
+    from gateway.llm.offline import create_app
+
+    app = create_app()
+    app.state.stats.disconnected()
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://offline") as client:
+        r = await client.get("/v1/stats")
+    assert r.status_code == 200
+    data = r.json()
+    assert data["disconnects"] == 1 and len(data["disconnect_times"]) == 1 and data["disconnect_times"][0] > 0

@@ -7,7 +7,9 @@ API
     `create_app(*, tokens_per_second=0.0, signing_key=DEFAULT_KEY) -> Starlette` serves
     `POST /v1/messages` (streaming and not) and `POST /v1/messages/count_tokens`, with
     relative routes (mount it anywhere). `app.state.stats` is an `OfflineStats`: `requests`,
-    `active_streams`, `completed`, `disconnects`, `rejected`, `errors`, `output_tokens`.
+    `active_streams`, `completed`, `disconnects`, `rejected`, `errors`, `output_tokens`, and
+    `disconnect_times` (time.time_ns() of recent disconnects); `GET /v1/stats` returns them
+    as JSON (an addition of ours, not part of the real API).
     `main(argv)` / `python -m gateway.llm.offline --host 127.0.0.1 --port 8788
     --tokens-per-second 30` runs it standalone under uvicorn.
 

@@ -31,8 +31,9 @@ import hashlib
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -88,9 +89,17 @@ class OfflineStats:
     rejected: int = 0
     errors: int = 0
     output_tokens: int = 0
+    #: time.time_ns() of the most recent disconnects (at most 4096), for cancel benchmarks.
+    disconnect_times: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
 
-    def snapshot(self) -> dict[str, int]:
-        return asdict(self)
+    def disconnected(self) -> None:
+        self.disconnects += 1
+        self.disconnect_times.append(time.time_ns())
+
+    def snapshot(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["disconnect_times"] = list(self.disconnect_times)
+        return data
 
 
 @dataclass(slots=True)
@@ -379,7 +388,7 @@ class MessagesEndpoint:
         try:
             raw = await _read_body(scope, receive)
             if raw is None:
-                stats.disconnects += 1
+                stats.disconnected()
                 return
             try:
                 body = orjson.loads(raw)
@@ -413,8 +422,9 @@ class MessagesEndpoint:
             return
         tps = self.tokens_per_second if plan.tokens_per_second is None else plan.tokens_per_second
         interval = 1.0 / tps if tps > 0 else 0.0
-        if plan.first_token_delay_s and await _until_disconnect(receive, asyncio.sleep(plan.first_token_delay_s)):
-            stats.disconnects += 1
+        delay = plan.first_token_delay_s
+        if delay and await _until_disconnect(receive, asyncio.sleep(delay)):
+            stats.disconnected()
             return
         if request.stream:
             await self._stream(receive, send, plan, request, request_id, interval)
@@ -442,7 +452,7 @@ class MessagesEndpoint:
             stats.active_streams -= 1
             stats.output_tokens += tally.emitted
         if gone:
-            stats.disconnects += 1
+            stats.disconnected()
         elif tally.failed:
             stats.errors += 1
         elif tally.finished:
@@ -466,7 +476,7 @@ class MessagesEndpoint:
         message, emitted = _message(plan, request, self.key)
         if interval and emitted:
             if await _until_disconnect(receive, asyncio.sleep(emitted * interval)):
-                stats.disconnects += 1
+                stats.disconnected()
                 return
         stats.output_tokens += emitted
         stats.completed += 1
@@ -491,10 +501,17 @@ class OfflineApp(Starlette):
 
     def __init__(self, endpoints: dict[str, MessagesEndpoint]) -> None:
         super().__init__(
-            routes=[Route(path, endpoint, methods=["POST"]) for path, endpoint in endpoints.items()],
+            routes=[
+                *(Route(path, endpoint, methods=["POST"]) for path, endpoint in endpoints.items()),
+                Route("/v1/stats", self._stats, methods=["GET"]),
+            ],
             exception_handlers={HTTPException: _http_error},
         )
         self._direct = endpoints
+
+    async def _stats(self, request: Request) -> Response:
+        """`GET /v1/stats`: the counters, and recent disconnect times (not part of the real API)."""
+        return Response(orjson.dumps(self.state.stats.snapshot()), media_type="application/json")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
