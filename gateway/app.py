@@ -45,6 +45,7 @@ class Gateway:
         s = self.settings
         self.store = await Store.open(s.resolved_database_url())
         self.broker = MemoryBroker(retention_s=s.log_retention_s)
+        await self.broker.start()
         self.router = ModelRouter(s)
         self.manager = RunManager(
             self.store,
@@ -68,6 +69,7 @@ class Gateway:
     async def close(self) -> None:
         await self.drain()
         await self.router.close()
+        await self.broker.stop()
         await self.store.close()
 
 

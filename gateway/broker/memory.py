@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.broker.base import LogInfo, Sink
+from gateway.broker.base import ControlHandler, LogInfo, Sink
 from protocol.codec import encode_event
 
 
@@ -30,6 +30,28 @@ class MemoryBroker:
         self.retention_s = retention_s
         self.logs: dict[str, RunLog] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._control: list[ControlHandler] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def fetch_info(self, run_id: str) -> LogInfo | None:
+        return self.info(run_id)
+
+    async def adopt(self, run_id: str) -> LogInfo | None:
+        return self.info(run_id)
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        for handler in list(self._control):
+            await handler(message)
+
+    def on_control(self, handler: ControlHandler) -> None:
+        self._control.append(handler)
 
     def open(self, run_id: str, epoch: str) -> None:
         if run_id not in self.logs:
@@ -55,7 +77,8 @@ class MemoryBroker:
         log = self.logs.get(run_id)
         return None if log is None else log.info()
 
-    def attach(self, run_id: str, sink: Sink, after: int) -> LogInfo | None:
+    async def attach(self, run_id: str, sink: Sink, after: int) -> LogInfo | None:
+        """Replay and register with no await in between, so no append can slip through."""
         log = self.logs.get(run_id)
         if log is None:
             return None

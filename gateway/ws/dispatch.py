@@ -102,7 +102,7 @@ class Dispatcher:
         info = self.gateway.broker.info(run.id)
         self.conn.reply(encode_ack(command.id, {"run_id": run.id, "epoch": info.epoch if info else run.epoch, "status": run.status}))
         if run.id not in self.conn.subscriptions:
-            self._attach(run.id, 0)
+            await self._attach(run.id, 0)
         return None
 
     async def run_subscribe(self, command: cmd.RunSubscribe) -> None:
@@ -113,7 +113,7 @@ class Dispatcher:
         if run_id not in self.conn.subscriptions and len(self.conn.subscriptions) >= self.gateway.settings.max_subscriptions:
             raise self._too_many()
         broker = self.gateway.broker
-        info = broker.info(run_id)
+        info = await broker.fetch_info(run_id)
         if info is None:
             # The log is gone (retention, or lost with a restart): only persisted messages remain.
             self.conn.reply(
@@ -136,7 +136,7 @@ class Dispatcher:
                 {"run_id": run_id, "status": run.status, "last_seq": info.last_seq, "epoch": info.epoch, "recovered": recovered},
             )
         )
-        self._attach(run_id, after)
+        await self._attach(run_id, after)
         return None
 
     async def run_unsubscribe(self, command: cmd.RunUnsubscribe) -> dict[str, Any]:
@@ -158,9 +158,9 @@ class Dispatcher:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _attach(self, run_id: str, after: int) -> None:
+    async def _attach(self, run_id: str, after: int) -> None:
         self.conn.subscriptions.add(run_id)
-        self.gateway.broker.attach(run_id, self.conn, after)
+        await self.gateway.broker.attach(run_id, self.conn, after)
 
     def _too_many(self) -> GatewayError:
         limit = self.gateway.settings.max_subscriptions
