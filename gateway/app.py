@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.offline_base_url is None:
         from gateway.llm.offline import create_app as create_offline_app
 
-        routes.append(Mount("/offline", app=create_offline_app(tokens_per_second=settings.offline_tokens_per_second)))
+        routes.append(
+            Mount("/offline", app=create_offline_app(tokens_per_second=settings.offline_tokens_per_second))
+        )
     if WEB_DIR.is_dir():
         routes.append(Mount("/", app=StaticFiles(directory=WEB_DIR, html=True)))
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -52,7 +51,11 @@ def banner(settings: Settings) -> str:
     db = settings.resolved_database_url()
     store = "PostgreSQL" if db.startswith("postgresql") else f"SQLite ({db.split(':///', 1)[-1]})"
     broker = f"Redis ({settings.redis_url})" if settings.redis_url else "in-process memory"
-    offline = "" if settings.anthropic_api_key else f" (no ANTHROPIC_API_KEY; offline model paced at {settings.offline_tokens_per_second:g} tok/s)"
+    offline = (
+        ""
+        if settings.anthropic_api_key
+        else f" (no ANTHROPIC_API_KEY; offline model paced at {settings.offline_tokens_per_second:g} tok/s)"
+    )
     return "\n".join(
         [
             f"agent-gateway {__version__}",
@@ -82,7 +85,10 @@ def serve(args: argparse.Namespace) -> int:
         settings.offline_tokens_per_second = args.offline_tokens_per_second
     if args.allow_origin:
         settings.allowed_origins = tuple(args.allow_origin)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     app = create_app(settings)
     print(banner(settings), flush=True)
     server = GatewayServer(uvicorn_config(app, settings))
@@ -105,10 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8283)
     p.add_argument("--data-dir", help="where the SQLite file lives (default ./data)")
-    p.add_argument("--database-url", help="e.g. postgresql+asyncpg://user@host/db (default: SQLite in the data dir)")
+    p.add_argument(
+        "--database-url", help="e.g. postgresql+asyncpg://user@host/db (default: SQLite in the data dir)"
+    )
     p.add_argument("--redis-url", help="redis://host:port/0 for event logs shared by several processes")
-    p.add_argument("--offline-tokens-per-second", type=float, help="pace of the built-in offline model (default 30)")
-    p.add_argument("--allow-origin", action="append", help="extra browser Origin allowed on the websocket (repeatable)")
+    p.add_argument(
+        "--offline-tokens-per-second", type=float, help="pace of the built-in offline model (default 30)"
+    )
+    p.add_argument(
+        "--allow-origin", action="append", help="extra browser Origin allowed on the websocket (repeatable)"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=serve)
     o = sub.add_parser("offline-model", help="serve only the offline Anthropic-compatible model")

@@ -29,9 +29,13 @@ class Settings:
     database_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_DATABASE_URL") or None)
     redis_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_REDIS_URL") or None)
     anthropic_api_key: str | None = field(default_factory=lambda: os.environ.get("ANTHROPIC_API_KEY") or None)
-    anthropic_base_url: str | None = field(default_factory=lambda: os.environ.get("ANTHROPIC_BASE_URL") or None)
+    anthropic_base_url: str | None = field(
+        default_factory=lambda: os.environ.get("ANTHROPIC_BASE_URL") or None
+    )
     # The built-in offline model: mounted at /offline on this server unless offline_base_url points elsewhere.
-    offline_base_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_OFFLINE_URL") or None)
+    offline_base_url: str | None = field(
+        default_factory=lambda: os.environ.get("GATEWAY_OFFLINE_URL") or None
+    )
     offline_tokens_per_second: float = field(
         default_factory=lambda: _env_float("GATEWAY_OFFLINE_TOKENS_PER_SECOND", 30.0)
     )
@@ -40,6 +44,7 @@ class Settings:
     heartbeat_s: float = field(default_factory=lambda: _env_float("GATEWAY_HEARTBEAT_S", 20.0))
     hello_timeout_s: float = 10.0
     outbox_limit: int = field(default_factory=lambda: _env_int("GATEWAY_OUTBOX_LIMIT", 4096))
+    outbox_max_bytes: int = field(default_factory=lambda: _env_int("GATEWAY_OUTBOX_MAX_BYTES", 8 << 20))
     allowed_origins: tuple[str, ...] = ()
     tool_timeout_s: float = field(default_factory=lambda: _env_float("GATEWAY_TOOL_TIMEOUT_S", 30.0))
     log_retention_s: float = field(default_factory=lambda: _env_float("GATEWAY_LOG_RETENTION_S", 86400.0))

@@ -10,7 +10,9 @@ class GatewayError(Exception):
 
     http_status = 400
 
-    def __init__(self, code: str, message: str, *, details: dict[str, Any] | None = None, retryable: bool = False):
+    def __init__(
+        self, code: str, message: str, *, details: dict[str, Any] | None = None, retryable: bool = False
+    ):
         super().__init__(message)
         self.code = code
         self.message = message

@@ -45,9 +45,11 @@ def roll_dice(num_sides: int) -> int:
 '''
 
 
-def bind_socket() -> socket.socket:
+def bind_socket(sndbuf: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:  # accepted sockets inherit it: lets tests make sends back up
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     sock.listen(512)
     sock.set_inheritable(True)
@@ -55,8 +57,8 @@ def bind_socket() -> socket.socket:
 
 
 class GatewayThread:
-    def __init__(self, data_dir: Path, **overrides: Any) -> None:
-        self.sock = bind_socket()
+    def __init__(self, data_dir: Path, *, sndbuf: int | None = None, **overrides: Any) -> None:
+        self.sock = bind_socket(sndbuf)
         self.port = self.sock.getsockname()[1]
         settings = Settings()
         settings.port = self.port
@@ -195,16 +197,20 @@ class WSClient:
     async def finish(self, run_id: str, timeout: float = 20) -> list[dict[str, Any]]:
         """Read until the run's terminal run_status; returns the run's event frames."""
         await self.until(
-            lambda f: f["type"] == "event"
-            and f["run_id"] == run_id
-            and f["event"]["message_type"] == "run_status"
-            and f["event"]["status"] in TERMINAL,
+            lambda f: (
+                f["type"] == "event"
+                and f["run_id"] == run_id
+                and f["event"]["message_type"] == "run_status"
+                and f["event"]["status"] in TERMINAL
+            ),
             timeout,
         )
         return self.events[run_id]
 
     async def start_run(self, agent_id: str, text: str, **fields: Any) -> str:
-        reply = await self.request("run.start", agent_id=agent_id, messages=[{"role": "user", "content": text}], **fields)
+        reply = await self.request(
+            "run.start", agent_id=agent_id, messages=[{"role": "user", "content": text}], **fields
+        )
         assert reply["type"] == "ack", reply
         return str(reply["result"]["run_id"])
 
@@ -262,4 +268,16 @@ def collapse(types: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["REST", "ROLL_DICE", "TERMINAL", "GatewayThread", "WSClient", "collapse", "events_of", "offline_app", "text_of", "types_of", "uvicorn"]
+__all__ = [
+    "REST",
+    "ROLL_DICE",
+    "TERMINAL",
+    "GatewayThread",
+    "WSClient",
+    "collapse",
+    "events_of",
+    "offline_app",
+    "text_of",
+    "types_of",
+    "uvicorn",
+]

@@ -26,7 +26,9 @@ def user_message(message_id: str, otid: str, content: Any, date: str) -> dict[st
     return {"message_type": "user_message", "id": message_id, "otid": otid, "date": date, "content": content}
 
 
-def tool_return_message(message_id: str, otid: str, step_id: str, returns: list[dict[str, Any]]) -> dict[str, Any]:
+def tool_return_message(
+    message_id: str, otid: str, step_id: str, returns: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "message_type": "tool_return_message",
         "id": message_id,
@@ -58,7 +60,9 @@ def approval_response(run_id: str, approvals: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def error_message(error_type: str, message: str, retryable: bool, step_id: str | None = None) -> dict[str, Any]:
+def error_message(
+    error_type: str, message: str, retryable: bool, step_id: str | None = None
+) -> dict[str, Any]:
     return {
         "message_type": "error_message",
         "id": f"error-{error_type}",
@@ -149,7 +153,11 @@ def row_events(row: Message, *, grouped: bool = False) -> list[dict[str, Any]]:
                 "signature": block.get("signature"),
             }
         elif kind == "redacted_thinking":
-            ev = {"message_type": "hidden_reasoning_message", "state": "redacted", "hidden_reasoning": block["data"]}
+            ev = {
+                "message_type": "hidden_reasoning_message",
+                "state": "redacted",
+                "hidden_reasoning": block["data"],
+            }
         elif kind == "tool_use":
             call = {
                 "tool_call_id": block["id"],

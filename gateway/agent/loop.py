@@ -130,7 +130,9 @@ class Executor:
             raise  # process shutdown: the run is failed (or left parked) by recovery
         except Exception:
             log.exception("run %s crashed", run.run_id)
-            stop = Stop("error", "internal_error", "the gateway hit an internal error while running this step")
+            stop = Stop(
+                "error", "internal_error", "the gateway hit an internal error while running this step"
+            )
         if stop.reason != PARKED:
             await self.finish(run, stop)
 
@@ -143,7 +145,13 @@ class Executor:
             step_id = decided[0].step_id
             plans = [
                 PlannedCall(
-                    ToolCall(id=a.tool_call_id, name=a.name, input=orjson.loads(a.arguments), arguments=a.arguments, error=None),
+                    ToolCall(
+                        id=a.tool_call_id,
+                        name=a.name,
+                        input=orjson.loads(a.arguments),
+                        arguments=a.arguments,
+                        error=None,
+                    ),
                     tools.get(a.name),
                     False,
                     None if a.decision else tool_error(denied_text(a.reason)),
@@ -171,7 +179,9 @@ class Executor:
             if run.cancel_mode is not None:
                 return Stop("cancelled")
             if run.draining:
-                return Stop("error", "gateway_shutdown", "the gateway shut down before the run finished", True)
+                return Stop(
+                    "error", "gateway_shutdown", "the gateway shut down before the run finished", True
+                )
             if run.step_count >= run.max_steps:
                 return Stop("max_steps")
             stop = await self._step(run)
@@ -214,7 +224,12 @@ class Executor:
             failure = Stop("llm_api_error", exc.error_type, exc.message, exc.retryable)
             out = snapshot_partial(state)
         except anthropic.APIStatusError as exc:
-            failure = Stop("llm_api_error", f"http_{exc.status_code}", _api_message(exc), exc.status_code >= 500 or exc.status_code == 429)
+            failure = Stop(
+                "llm_api_error",
+                f"http_{exc.status_code}",
+                _api_message(exc),
+                exc.status_code >= 500 or exc.status_code == 429,
+            )
             out = snapshot_partial(state)
         except anthropic.APIConnectionError as exc:
             failure = Stop("llm_api_error", "connection_error", f"could not reach the model: {exc}", True)
@@ -274,7 +289,9 @@ class Executor:
     def _plan(self, agent: Agent, tools: dict[str, Tool], call: ToolCall) -> PlannedCall:
         tool = tools.get(call.name)
         if call.error is not None:
-            return PlannedCall(call, tool, False, tool_error(f"error: invalid tool call arguments: {call.error}"))
+            return PlannedCall(
+                call, tool, False, tool_error(f"error: invalid tool call arguments: {call.error}")
+            )
         if tool is None:
             return PlannedCall(call, None, False, tool_error(f"error: unknown tool {call.name!r}"))
         return PlannedCall(call, tool, requires_approval(agent, tool))
@@ -383,9 +400,16 @@ class Executor:
                 item["stderr"] = [result.stderr]
             returns.append(item)
             content.append(
-                {"type": "tool_result", "tool_use_id": p.call.id, "content": text, "is_error": result.status == "error"}
+                {
+                    "type": "tool_result",
+                    "tool_use_id": p.call.id,
+                    "content": text,
+                    "is_error": result.status == "error",
+                }
             )
-            meta.append({"otid": otid, "status": result.status, "stdout": result.stdout, "stderr": result.stderr})
+            meta.append(
+                {"otid": otid, "status": result.status, "stdout": result.stdout, "stderr": result.stderr}
+            )
         row = Message(
             id=message_id,
             agent_id=run.agent_id,
@@ -406,7 +430,9 @@ class Executor:
             {"tool_call_id": p.call.id, "name": p.call.name, "arguments": orjson.dumps(p.call.input).decode()}
             for p in waiting
         ]
-        self.broker.append(run.run_id, ev.approval_request(message_id, f"{message_id}-approval", step_id, calls))
+        self.broker.append(
+            run.run_id, ev.approval_request(message_id, f"{message_id}-approval", step_id, calls)
+        )
         run.status = advance(run.status, Action.PARK)
         await self.store.update_run(run.run_id, status=run.status)
         self.broker.append(run.run_id, ev.run_status(run.status))
@@ -415,7 +441,12 @@ class Executor:
     async def _cancel_pending(self, run: ActiveRun, step_id: str, ids: list[str]) -> None:
         """Deny calls that were waiting for approval when the run stopped (history stays valid)."""
         plans = [
-            PlannedCall(ToolCall(id=i, name="", input={}, arguments="{}", error=None), None, False, tool_error(CANCELLED_RETURN))
+            PlannedCall(
+                ToolCall(id=i, name="", input={}, arguments="{}", error=None),
+                None,
+                False,
+                tool_error(CANCELLED_RETURN),
+            )
             for i in ids
         ]
         await self.store.deny_pending(run.run_id, "cancelled")

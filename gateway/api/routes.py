@@ -52,7 +52,9 @@ async def body(request: Request, model: type[B]) -> B:
     except orjson.JSONDecodeError as exc:
         raise HTTPError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise HTTPError(422, [{"loc": ["body"], "msg": "the body must be a JSON object", "type": "dict_type"}])
+        raise HTTPError(
+            422, [{"loc": ["body"], "msg": "the body must be a JSON object", "type": "dict_type"}]
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -75,7 +77,14 @@ def endpoint(fn: Any) -> Any:
             return JSON({"detail": exc.detail}, status_code=exc.status)
         except GatewayError as exc:
             status = 404 if exc.code == "not_found" else 409 if exc.code == "agent_busy" else 400
-            return JSON({"detail": exc.message, "code": exc.code, **({"details": exc.details} if exc.details else {})}, status_code=status)
+            return JSON(
+                {
+                    "detail": exc.message,
+                    "code": exc.code,
+                    **({"details": exc.details} if exc.details else {}),
+                },
+                status_code=status,
+            )
         return result if isinstance(result, Response) else JSON(result)
 
     wrapped.__name__ = fn.__name__
@@ -97,8 +106,15 @@ def spec_fields(source_code: str, name: str | None) -> dict[str, Any]:
     try:
         spec = parse_tool_source(source_code, name=name)
     except ToolSourceError as exc:
-        raise invalid(exc.field if exc.field.startswith("source_code") else f"source_code.{exc.field}", exc.message) from None
-    return {"name": spec.name, "source_code": source_code, "json_schema": spec.json_schema, "description": spec.description}
+        raise invalid(
+            exc.field if exc.field.startswith("source_code") else f"source_code.{exc.field}", exc.message
+        ) from None
+    return {
+        "name": spec.name,
+        "source_code": source_code,
+        "json_schema": spec.json_schema,
+        "description": spec.description,
+    }
 
 
 @endpoint
@@ -256,7 +272,11 @@ async def update_agent(request: Request) -> Any:
 async def delete_agent(request: Request) -> Any:
     agent = await _agent(request)
     if agent.active_run_id:
-        raise GatewayError("agent_busy", "the agent has an active run; cancel it first", details={"active_run_id": agent.active_run_id})
+        raise GatewayError(
+            "agent_busy",
+            "the agent has an active run; cancel it first",
+            details={"active_run_id": agent.active_run_id},
+        )
     await gw(request).store.delete_agent(agent.id)
     return {}
 
@@ -296,9 +316,13 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise HTTPError(422, [{"loc": ["query", name], "msg": "must be an integer", "type": "int_parsing"}]) from None
+        raise HTTPError(
+            422, [{"loc": ["query", name], "msg": "must be an integer", "type": "int_parsing"}]
+        ) from None
     if not lo <= value <= hi:
-        raise HTTPError(422, [{"loc": ["query", name], "msg": f"must be between {lo} and {hi}", "type": "value_error"}])
+        raise HTTPError(
+            422, [{"loc": ["query", name], "msg": f"must be between {lo} and {hi}", "type": "value_error"}]
+        )
     return value
 
 
@@ -321,9 +345,13 @@ async def list_agent_messages(request: Request) -> Any:
                 raise HTTPError(404, f"message {ident!r} not found")
             cursors[name] = pos
     if "after" in cursors:
-        rows = await store.list_messages(agent_id=agent.id, after_pos=cursors["after"], before_pos=cursors.get("before"), limit=limit)
+        rows = await store.list_messages(
+            agent_id=agent.id, after_pos=cursors["after"], before_pos=cursors.get("before"), limit=limit
+        )
     else:
-        rows = await store.list_messages(agent_id=agent.id, before_pos=cursors.get("before"), limit=limit, descending=True)
+        rows = await store.list_messages(
+            agent_id=agent.id, before_pos=cursors.get("before"), limit=limit, descending=True
+        )
         rows.reverse()
     messages = letta_messages(rows)
     if order == "desc":

@@ -18,8 +18,8 @@ Contract (every implementation, checked by one conformance suite):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 

@@ -78,16 +78,31 @@ class MemoryBroker:
         return None if log is None else log.info()
 
     async def attach(self, run_id: str, sink: Sink, after: int) -> LogInfo | None:
-        """Replay and register with no await in between, so no append can slip through."""
+        """Replay and register with no await in between, so no append can slip through.
+
+        A sink that can pull (`start_replay`) reads the backlog in pages as it drains;
+        any other sink gets the backlog delivered now."""
         log = self.logs.get(run_id)
         if log is None:
             return None
-        frames, events = log.frames, log.events
-        for i in range(max(after, 0), len(frames)):
-            sink.deliver(run_id, i + 1, frames[i], events[i])
+        start_replay = getattr(sink, "start_replay", None)
+        if start_replay is not None:
+            start_replay(run_id, max(after, 0), self.page)
+        else:
+            frames, events = log.frames, log.events
+            for i in range(max(after, 0), len(frames)):
+                sink.deliver(run_id, i + 1, frames[i], events[i])
         if sink not in log.sinks:
             log.sinks.append(sink)
         return log.info()
+
+    def page(self, run_id: str, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """Up to `limit` events with seq > after, as (seq, frame, event)."""
+        log = self.logs.get(run_id)
+        if log is None:
+            return []
+        end = min(len(log.frames), after + limit)
+        return [(i + 1, log.frames[i], log.events[i]) for i in range(after, end)]
 
     def detach(self, run_id: str, sink: Sink) -> None:
         log = self.logs.get(run_id)

@@ -30,9 +30,7 @@ def parse_handle(handle: str) -> tuple[str, str]:
     """`provider/name` -> (provider, name); ValueError with a readable message otherwise."""
     provider, sep, name = handle.partition("/")
     if not sep or not name or provider not in PROVIDERS:
-        raise UnknownModel(
-            f"model must look like 'anthropic/<model>' or 'offline/<name>', got {handle!r}"
-        )
+        raise UnknownModel(f"model must look like 'anthropic/<model>' or 'offline/<name>', got {handle!r}")
     return provider, name
 
 

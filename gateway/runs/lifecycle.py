@@ -34,7 +34,11 @@ class Action(StrEnum):
 
 
 TRANSITIONS: dict[Status, dict[Action, Status]] = {
-    Status.QUEUED: {Action.START: Status.RUNNING, Action.CANCEL: Status.CANCELLED, Action.FAIL: Status.FAILED},
+    Status.QUEUED: {
+        Action.START: Status.RUNNING,
+        Action.CANCEL: Status.CANCELLED,
+        Action.FAIL: Status.FAILED,
+    },
     Status.RUNNING: {
         Action.PARK: Status.AWAITING_APPROVAL,
         Action.COMPLETE: Status.COMPLETED,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.agent import events as ev
@@ -32,12 +32,25 @@ RUN_OWNER_RESTARTED = "the gateway restarted while this run was in progress"
 
 
 class RunManager:
-    def __init__(self, store: Store, broker: Broker, router: ModelRouter, *, tool_timeout_s: float, default_max_steps: int):
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        router: ModelRouter,
+        *,
+        tool_timeout_s: float,
+        default_max_steps: int,
+    ):
         self.store = store
         self.broker = broker
         self.default_max_steps = default_max_steps
         self.executor = Executor(
-            store, broker, router, tool_timeout_s=tool_timeout_s, on_finished=self._finished, on_parked=self._parked
+            store,
+            broker,
+            router,
+            tool_timeout_s=tool_timeout_s,
+            on_finished=self._finished,
+            on_parked=self._parked,
         )
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.active: dict[str, ActiveRun] = {}
@@ -60,7 +73,9 @@ class RunManager:
     ) -> tuple[Run, bool]:
         """Accept a run. Returns (run, created); created is False for a repeated idempotency key."""
         if not self.accepting:
-            raise GatewayError("rate_limited", "the gateway is shutting down; retry on another instance", retryable=True)
+            raise GatewayError(
+                "rate_limited", "the gateway is shutting down; retry on another instance", retryable=True
+            )
         lock = self._agent_locks.setdefault(agent_id, asyncio.Lock())
         async with lock:
             agent = await self.store.get_agent(agent_id)
@@ -181,9 +196,7 @@ class RunManager:
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
-        self._timers[run_id] = loop.call_later(
-            max(0.0, delay), lambda: self._spawn(self._expire(run_id))
-        )
+        self._timers[run_id] = loop.call_later(max(0.0, delay), lambda: self._spawn(self._expire(run_id)))
 
     async def _expire(self, run_id: str) -> None:
         """Deny every call still pending with reason "timed out", then continue the run."""
@@ -289,19 +302,41 @@ class RunManager:
                 a = approvals.get(tool_call_id)
                 if a is None:
                     if is_terminal(run.status):
-                        raise GatewayError("run_finished", f"run {run_id} has finished ({run.status})", details={"tool_call_id": tool_call_id})
-                    raise GatewayError("approval_not_pending", f"tool call {tool_call_id} is not awaiting approval in run {run_id}", details={"tool_call_id": tool_call_id})
+                        raise GatewayError(
+                            "run_finished",
+                            f"run {run_id} has finished ({run.status})",
+                            details={"tool_call_id": tool_call_id},
+                        )
+                    raise GatewayError(
+                        "approval_not_pending",
+                        f"tool call {tool_call_id} is not awaiting approval in run {run_id}",
+                        details={"tool_call_id": tool_call_id},
+                    )
                 if a.decision is not None or run.status != "awaiting_approval":
-                    raise GatewayError("approval_not_pending", f"tool call {tool_call_id} was already decided", details={"tool_call_id": tool_call_id})
-            lost = await self.store.decide_approvals(run_id, [(d["tool_call_id"], bool(d["approve"]), d.get("reason")) for d in decisions])
+                    raise GatewayError(
+                        "approval_not_pending",
+                        f"tool call {tool_call_id} was already decided",
+                        details={"tool_call_id": tool_call_id},
+                    )
+            lost = await self.store.decide_approvals(
+                run_id, [(d["tool_call_id"], bool(d["approve"]), d.get("reason")) for d in decisions]
+            )
             if lost:
-                raise GatewayError("approval_not_pending", f"tool call {lost[0]} was already decided", details={"tool_call_id": lost[0]})
+                raise GatewayError(
+                    "approval_not_pending",
+                    f"tool call {lost[0]} was already decided",
+                    details={"tool_call_id": lost[0]},
+                )
             self.broker.append(
                 run_id,
                 ev.approval_response(
                     run_id,
                     [
-                        {"tool_call_id": d["tool_call_id"], "approve": bool(d["approve"]), **({"reason": d["reason"]} if d.get("reason") else {})}
+                        {
+                            "tool_call_id": d["tool_call_id"],
+                            "approve": bool(d["approve"]),
+                            **({"reason": d["reason"]} if d.get("reason") else {}),
+                        }
                         for d in decisions
                     ],
                 ),
@@ -334,12 +369,14 @@ class RunManager:
             if self.broker.info(run.id) is None:
                 self.broker.open(run.id, new_epoch())
                 await self.store.update_run(run.id, epoch=self.broker.info(run.id).epoch)  # type: ignore[union-attr]
-            await self._finish_idle(run, "running", Stop("error", "gateway_restarted", RUN_OWNER_RESTARTED, True))
+            await self._finish_idle(
+                run, "running", Stop("error", "gateway_restarted", RUN_OWNER_RESTARTED, True)
+            )
         for run in await self.store.list_runs(statuses=["awaiting_approval"]):
             if self.broker.info(run.id) is None:
                 await self._rebuild_log(run)
             agent = await self.store.get_agent(run.agent_id)
-            timeout = ((agent.settings or {}).get("approval_timeout_s") if agent else None)
+            timeout = (agent.settings or {}).get("approval_timeout_s") if agent else None
             approvals = await self.store.approvals(run.id)
             if timeout and approvals:
                 asked = datetime.fromisoformat(max(a.requested_at for a in approvals))
@@ -362,10 +399,22 @@ class RunManager:
         approvals = await self.store.approvals(run.id)
         pending = [a for a in approvals if not a.resolved]
         if pending:
-            calls = [{"tool_call_id": a.tool_call_id, "name": a.name, "arguments": a.arguments} for a in pending]
+            calls = [
+                {"tool_call_id": a.tool_call_id, "name": a.name, "arguments": a.arguments} for a in pending
+            ]
             msg_id = next((r.id for r in reversed(rows) if r.role == "assistant"), new_id("message"))
-            self.broker.append(run.id, ev.approval_request(msg_id, f"{msg_id}-approval", pending[0].step_id, calls))
-            decided = [{"tool_call_id": a.tool_call_id, "approve": a.decision, **({"reason": a.reason} if a.reason else {})} for a in pending if a.decision is not None]
+            self.broker.append(
+                run.id, ev.approval_request(msg_id, f"{msg_id}-approval", pending[0].step_id, calls)
+            )
+            decided = [
+                {
+                    "tool_call_id": a.tool_call_id,
+                    "approve": a.decision,
+                    **({"reason": a.reason} if a.reason else {}),
+                }
+                for a in pending
+                if a.decision is not None
+            ]
             if decided:
                 self.broker.append(run.id, ev.approval_response(run.id, decided))
         self.broker.append(run.id, ev.run_status("awaiting_approval"))

@@ -3,4 +3,15 @@
 from gateway.store.models import Agent, Approval, Message, Run, Step, Tool
 from gateway.store.store import DuplicateIdempotencyKey, Store, new_id, now_iso
 
-__all__ = ["Agent", "Approval", "DuplicateIdempotencyKey", "Message", "Run", "Step", "Store", "Tool", "new_id", "now_iso"]
+__all__ = [
+    "Agent",
+    "Approval",
+    "DuplicateIdempotencyKey",
+    "Message",
+    "Run",
+    "Step",
+    "Store",
+    "Tool",
+    "new_id",
+    "now_iso",
+]

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PK = BigInteger().with_variant(Integer(), "sqlite")
@@ -105,7 +116,9 @@ class Approval(Base):
     """A tool call waiting for (or given) a person's decision. Durable: survives restarts."""
 
     __tablename__ = "approvals"
-    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
     tool_call_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     step_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200))

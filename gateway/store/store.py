@@ -164,7 +164,9 @@ class Store:
             q = select(Run).where(Run.agent_id == agent_id, Run.idempotency_key == key)
             return (await s.execute(q)).scalar_one_or_none()
 
-    async def list_runs(self, agent_id: str | None = None, statuses: Sequence[str] | None = None) -> list[Run]:
+    async def list_runs(
+        self, agent_id: str | None = None, statuses: Sequence[str] | None = None
+    ) -> list[Run]:
         async with self.session() as s:
             q = select(Run).order_by(Run.created_at)
             if agent_id is not None:
@@ -201,7 +203,7 @@ class Store:
         run_fields: dict[str, Any],
         approvals: Iterable[Approval] = (),
     ) -> None:
-        """A step's messages, its usage row, the run's counters and any pending approvals, in one transaction."""
+        """A step's messages, usage row, run counters and pending approvals, in one transaction."""
         async with self.session.begin() as s:
             s.add(step)
             s.add_all(list(messages))
@@ -255,7 +257,9 @@ class Store:
             q = select(Approval).where(Approval.run_id == run_id).order_by(Approval.position)
             return list((await s.execute(q)).scalars())
 
-    async def decide_approval(self, run_id: str, tool_call_id: str, approve: bool, reason: str | None) -> bool:
+    async def decide_approval(
+        self, run_id: str, tool_call_id: str, approve: bool, reason: str | None
+    ) -> bool:
         """Record a decision unless one exists. True when this call's decision won."""
         async with self.session.begin() as s:
             result = await s.execute(
@@ -323,6 +327,8 @@ class Store:
         """Compare-and-set of a run's status; True when this caller made the move."""
         async with self.session.begin() as s:
             result = await s.execute(
-                update(Run).where(Run.id == run_id, Run.status == from_status).values(status=to_status, **fields)
+                update(Run)
+                .where(Run.id == run_id, Run.status == from_status)
+                .values(status=to_status, **fields)
             )
             return result.rowcount == 1  # type: ignore[attr-defined]

@@ -21,8 +21,16 @@ log = logging.getLogger("gateway.ws")
 
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
+REPLAY_PAGE = 256
+
+# (run_id, after, limit) -> up to `limit` (seq, frame, event) with seq > after, in order.
+LogReader = Callable[[str, int, int], list[tuple[int, str, dict[str, Any]]]]
+
 # Delta events that may be merged for a slow consumer, and the field that concatenates.
 MERGEABLE = {"assistant_message": "content", "reasoning_message": "reasoning"}
+
+
+Item = tuple[str, str | None, int, int, "dict[str, Any] | None"]  # frame, run_id, seq_from, seq, event
 
 
 class Connection:
@@ -33,19 +41,24 @@ class Connection:
         "close_reason",
         "id",
         "limit",
+        "max_bytes",
         "outbox",
+        "pending_bytes",
         "principal",
+        "replays",
         "send",
         "subscriptions",
         "writer",
     )
 
-    def __init__(self, connection_id: str, send: ASGISend, *, limit: int) -> None:
+    def __init__(self, connection_id: str, send: ASGISend, *, limit: int, max_bytes: int = 8 << 20) -> None:
         self.id = connection_id
         self.send = send
         self.limit = limit
-        # Items: (frame, run_id, seq, event) for run events; (frame, None, 0, None) for replies.
-        self.outbox: deque[tuple[str, str | None, int, dict[str, Any] | None]] = deque()
+        self.max_bytes = max_bytes
+        # Run events carry their seq range and event dict (for merging); replies carry None.
+        self.outbox: deque[Item] = deque()
+        self.pending_bytes = 0
         self._wake = asyncio.Event()
         self.subscriptions: set[str] = set()
         self.close_code: int | None = None
@@ -53,24 +66,58 @@ class Connection:
         self._closed = False
         self.writer: asyncio.Task[None] | None = None
         self.principal: str | None = None
+        # Replays in progress: run_id -> [last seq queued, reader]. While a run replays, its
+        # live events are not queued (the log has them); the writer pulls the log in pages
+        # as the client drains, so a replay never floods the queue or trips the budget.
+        self.replays: dict[str, list[Any]] = {}
+
+    def start_replay(self, run_id: str, after: int, reader: LogReader) -> None:
+        """Follow `run_id` from `after`: replay pulled from `reader`, then live via deliver()."""
+        self.replays[run_id] = [after, reader]
+        self._wake.set()
+
+    def stop_replay(self, run_id: str) -> None:
+        self.replays.pop(run_id, None)
+
+    def _pull_replays(self) -> None:
+        """Queue the next page of every replay; a replay that reached the log's end turns live.
+        No await between reading the end and going live: no event can slip between them."""
+        for run_id, cursor in list(self.replays.items()):
+            after, reader = cursor
+            page = reader(run_id, after, REPLAY_PAGE)
+            for seq, frame, event in page:
+                self.outbox.append((frame, run_id, seq, seq, event))
+                self.pending_bytes += len(frame)
+            if len(page) < REPLAY_PAGE:
+                del self.replays[run_id]
+            else:
+                cursor[0] = page[-1][0]
 
     # -- enqueueing (never blocks) ----------------------------------------------------------
 
     def deliver(self, run_id: str, seq: int, frame: str, event: dict[str, Any]) -> None:
-        if self.close_code is not None:
+        if self.close_code is not None or run_id in self.replays:
             return
-        if len(self.outbox) >= self.limit and not self._merge_backlog():
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resubscribe with after")
+        if len(self.outbox) >= self.limit:
+            self._merge_backlog()
+        if len(self.outbox) >= self.limit or self.pending_bytes + len(frame) > self.max_bytes:
+            self.slow_consumer()
             return
-        self.outbox.append((frame, run_id, seq, event))
+        self.outbox.append((frame, run_id, seq, seq, event))
+        self.pending_bytes += len(frame)
         self._wake.set()
 
     def reply(self, frame: bytes | str) -> None:
         """Queue a command reply (ack or error); replies are never dropped or merged."""
         if self.close_code is not None:
             return
-        self.outbox.append((frame if isinstance(frame, str) else frame.decode(), None, 0, None))
+        text = frame if isinstance(frame, str) else frame.decode()
+        self.outbox.append((text, None, 0, 0, None))
+        self.pending_bytes += len(text)
         self._wake.set()
+
+    def slow_consumer(self) -> None:
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resubscribe with after")
 
     def close(self, code: int, reason: str) -> None:
         """Send goodbye and close once the frames queued before it are written."""
@@ -79,47 +126,50 @@ class Connection:
             self.close_reason = reason
             self._wake.set()
 
-    def _merge_backlog(self) -> bool:
-        """Merge runs of consecutive deltas of one block in the queue. True if it freed room."""
-        before = len(self.outbox)
-        merged: deque[tuple[str, str | None, int, dict[str, Any] | None]] = deque()
-        first_seq: dict[int, int] = {}
+    def _merge_backlog(self) -> None:
+        """Fold runs of consecutive deltas of one content block into single events carrying
+        `seq_from` (the first merged seq). Replies, signatures and other events stay as they are."""
+        merged: deque[Item] = deque()
+        size = 0
         for item in self.outbox:
-            frame, run_id, seq, event = item
+            frame, run_id, seq_from, seq, event = item
             if merged and event is not None and run_id is not None:
-                pframe, prun, pseq, pevent = merged[-1]
+                pframe, prun, pfrom, pseq, pevent = merged[-1]
                 field = MERGEABLE.get(event.get("message_type", ""))
                 if (
                     field is not None
                     and pevent is not None
                     and prun == run_id
-                    and pseq == seq - 1
+                    and pseq == seq_from - 1
                     and pevent.get("message_type") == event["message_type"]
                     and pevent.get("otid") == event.get("otid")
                     and not event.get("signature")
                 ):
                     combined = {**pevent, field: pevent.get(field, "") + event.get(field, "")}
-                    start = first_seq.get(id(pevent), pseq)
-                    out = encode_event(run_id, seq, combined, seq_from=start).decode()
-                    merged[-1] = (out, run_id, seq, combined)
-                    first_seq[id(combined)] = start
+                    out = encode_event(run_id, seq, combined, seq_from=pfrom).decode()
+                    size += len(out) - len(pframe)
+                    merged[-1] = (out, run_id, pfrom, seq, combined)
                     continue
             merged.append(item)
+            size += len(frame)
         self.outbox = merged
-        return len(merged) < before and len(merged) < self.limit
+        self.pending_bytes = size
 
     # -- the writer ---------------------------------------------------------------------------
 
     async def run_writer(self) -> None:
         send = self.send
-        outbox = self.outbox
         try:
             while True:
-                await self._wake.wait()
+                if not self.replays or self.close_code is not None:
+                    await self._wake.wait()
                 self._wake.clear()
+                if self.replays and not self.outbox and self.close_code is None:
+                    self._pull_replays()
                 outbox = self.outbox
                 while outbox:
                     frame = outbox.popleft()[0]
+                    self.pending_bytes -= len(frame)
                     await send({"type": "websocket.send", "text": frame})
                     outbox = self.outbox
                 if self.close_code is not None:
@@ -137,7 +187,9 @@ class Connection:
         self._closed = True
         code = self.close_code or CloseCode.NORMAL_CLOSURE
         try:
-            await self.send({"type": "websocket.send", "text": encode_goodbye(code, self.close_reason).decode()})
+            await self.send(
+                {"type": "websocket.send", "text": encode_goodbye(code, self.close_reason).decode()}
+            )
             await self.send({"type": "websocket.close", "code": int(code), "reason": self.close_reason[:120]})
         except Exception:
             log.debug("connection %s went away while closing", self.id)

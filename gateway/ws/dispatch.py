@@ -46,7 +46,9 @@ class Dispatcher:
             if not self.greeted:
                 conn.close(CloseCode.PROTOCOL_VIOLATION, "the first frame must be a valid hello")
                 return False
-            conn.reply(encode_error(exc.command_id, exc.code, exc.message, exc.retryable, exc.details or None))
+            conn.reply(
+                encode_error(exc.command_id, exc.code, exc.message, exc.retryable, exc.details or None)
+            )
             return False
         if not self.greeted and command.type != "hello":
             conn.close(CloseCode.PROTOCOL_VIOLATION, "hello must be the first frame")
@@ -84,7 +86,10 @@ class Dispatcher:
             "protocol": "agentgw.v1",
             "server": {"name": "agent-gateway", "version": __version__},
             "heartbeat_s": settings.heartbeat_s,
-            "limits": {"max_frame_bytes": settings.max_frame_bytes, "max_subscriptions": settings.max_subscriptions},
+            "limits": {
+                "max_frame_bytes": settings.max_frame_bytes,
+                "max_subscriptions": settings.max_subscriptions,
+            },
         }
 
     async def run_start(self, command: cmd.RunStart) -> None:
@@ -100,7 +105,12 @@ class Dispatcher:
             if_busy=command.if_busy.value,
         )
         info = self.gateway.broker.info(run.id)
-        self.conn.reply(encode_ack(command.id, {"run_id": run.id, "epoch": info.epoch if info else run.epoch, "status": run.status}))
+        self.conn.reply(
+            encode_ack(
+                command.id,
+                {"run_id": run.id, "epoch": info.epoch if info else run.epoch, "status": run.status},
+            )
+        )
         if run.id not in self.conn.subscriptions:
             await self._attach(run.id, 0)
         return None
@@ -110,7 +120,10 @@ class Dispatcher:
         run = await self.gateway.store.get_run(run_id)
         if run is None:
             raise not_found("run", run_id)
-        if run_id not in self.conn.subscriptions and len(self.conn.subscriptions) >= self.gateway.settings.max_subscriptions:
+        if (
+            run_id not in self.conn.subscriptions
+            and len(self.conn.subscriptions) >= self.gateway.settings.max_subscriptions
+        ):
             raise self._too_many()
         broker = self.gateway.broker
         info = await broker.fetch_info(run_id)
@@ -119,21 +132,36 @@ class Dispatcher:
             self.conn.reply(
                 encode_ack(
                     command.id,
-                    {"run_id": run_id, "status": run.status, "last_seq": run.last_seq, "epoch": run.epoch, "recovered": False},
+                    {
+                        "run_id": run_id,
+                        "status": run.status,
+                        "last_seq": run.last_seq,
+                        "epoch": run.epoch,
+                        "recovered": False,
+                    },
                 )
             )
             return None
         after = command.after
-        recovered = (command.epoch is None or command.epoch == info.epoch) and info.first_seq - 1 <= after <= info.last_seq
+        recovered = (
+            command.epoch is None or command.epoch == info.epoch
+        ) and info.first_seq - 1 <= after <= info.last_seq
         if not recovered:
             after = info.last_seq
         if run_id in self.conn.subscriptions:
             broker.detach(run_id, self.conn)
             self.conn.subscriptions.discard(run_id)
+            self.conn.stop_replay(run_id)
         self.conn.reply(
             encode_ack(
                 command.id,
-                {"run_id": run_id, "status": run.status, "last_seq": info.last_seq, "epoch": info.epoch, "recovered": recovered},
+                {
+                    "run_id": run_id,
+                    "status": run.status,
+                    "last_seq": info.last_seq,
+                    "epoch": info.epoch,
+                    "recovered": recovered,
+                },
             )
         )
         await self._attach(run_id, after)
@@ -142,6 +170,7 @@ class Dispatcher:
     async def run_unsubscribe(self, command: cmd.RunUnsubscribe) -> dict[str, Any]:
         self.gateway.broker.detach(command.run_id, self.conn)
         self.conn.subscriptions.discard(command.run_id)
+        self.conn.stop_replay(command.run_id)
         return {}
 
     async def run_cancel(self, command: cmd.RunCancel) -> dict[str, Any]:
@@ -164,4 +193,6 @@ class Dispatcher:
 
     def _too_many(self) -> GatewayError:
         limit = self.gateway.settings.max_subscriptions
-        return GatewayError("too_many_subscriptions", f"a connection may follow at most {limit} runs", retryable=False)
+        return GatewayError(
+            "too_many_subscriptions", f"a connection may follow at most {limit} runs", retryable=False
+        )

@@ -57,7 +57,9 @@ class WebSocketEndpoint:
             return
         settings = self.gateway.settings
         origin = _header(scope, b"origin")
-        if origin is not None and not origin_allowed(origin, _header(scope, b"host") or "", settings.allowed_origins):
+        if origin is not None and not origin_allowed(
+            origin, _header(scope, b"host") or "", settings.allowed_origins
+        ):
             await self._deny(scope, send, 403, "origin not allowed")
             return
         offered = [p.strip() for p in scope.get("subprotocols", ())]
@@ -65,7 +67,9 @@ class WebSocketEndpoint:
             await self._deny(scope, send, 400, f"unsupported subprotocol; offer {SUBPROTOCOL}")
             return
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
-        conn = Connection(uuid.uuid4().hex, send, limit=settings.outbox_limit)
+        conn = Connection(
+            uuid.uuid4().hex, send, limit=settings.outbox_limit, max_bytes=settings.outbox_max_bytes
+        )
         conn.writer = asyncio.ensure_future(conn.run_writer())
         self.gateway.connections.add(conn)
         dispatcher = Dispatcher(self.gateway, conn)
@@ -131,7 +135,10 @@ class WebSocketEndpoint:
                 {
                     "type": "websocket.http.response.start",
                     "status": status,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+                    "headers": [
+                        (b"content-type", b"text/plain"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
                 }
             )
             await send({"type": "websocket.http.response.body", "body": body})
@@ -139,4 +146,6 @@ class WebSocketEndpoint:
             await send({"type": "websocket.close", "code": 1008})
         else:
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": int(CloseCode.PROTOCOL_VIOLATION), "reason": reason})
+            await send(
+                {"type": "websocket.close", "code": int(CloseCode.PROTOCOL_VIOLATION), "reason": reason}
+            )

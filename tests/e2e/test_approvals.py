@@ -14,7 +14,7 @@ ROLL = "Call the roll_dice tool with 16 sides and reply back to me with the outc
 PARALLEL = "Please call the roll_dice tool three times in parallel."
 
 
-def awaiting(run_id: str):  # noqa: ANN201
+def awaiting(run_id: str):
     return lambda f: (
         f["type"] == "event"
         and f["run_id"] == run_id
@@ -27,7 +27,9 @@ async def approval_agent(rest: REST, *, via_patch: bool = False, **settings: obj
     tool = await rest.tool(ROLL_DICE, default_requires_approval=not via_patch)
     agent = await rest.agent(name="careful", tool_ids=[tool["id"]], **settings)
     if via_patch:
-        r = await rest.http.patch(f"/v1/agents/{agent['id']}/tools/approval/roll_dice", json={"requires_approval": True})
+        r = await rest.http.patch(
+            f"/v1/agents/{agent['id']}/tools/approval/roll_dice", json={"requires_approval": True}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["tool_rules"] == [{"tool_name": "roll_dice", "type": "requires_approval"}]
     return agent
@@ -77,13 +79,21 @@ async def test_approve(rest: REST, ws: WSClient) -> None:
 async def test_deny_with_reason(rest: REST, ws: WSClient) -> None:
     agent = await approval_agent(rest, via_patch=True)
     run_id, calls = await park(ws, agent["id"], ROLL)
-    await respond(ws, run_id, {"tool_call_id": calls[0]["tool_call_id"], "approve": False, "reason": "no gambling"})
+    await respond(
+        ws, run_id, {"tool_call_id": calls[0]["tool_call_id"], "approve": False, "reason": "no gambling"}
+    )
     frames = await ws.finish(run_id)
     (ret,) = [e for e in events_of(frames) if e["message_type"] == "tool_return_message"]
     result = ret["tool_returns"][0]
-    assert result["status"] == "error" and "denied" in result["tool_return"] and "no gambling" in result["tool_return"]
+    assert (
+        result["status"] == "error"
+        and "denied" in result["tool_return"]
+        and "no gambling" in result["tool_return"]
+    )
     response = next(e for e in events_of(frames) if e["message_type"] == "approval_response_message")
-    assert response["approvals"] == [{"tool_call_id": calls[0]["tool_call_id"], "approve": False, "reason": "no gambling"}]
+    assert response["approvals"] == [
+        {"tool_call_id": calls[0]["tool_call_id"], "approve": False, "reason": "no gambling"}
+    ]
     assert frames[-1]["event"]["status"] == "completed", "a denial does not end the run"
     assert "denied" in text_of(frames).lower()
     await assert_next_run_valid(ws, agent["id"])
@@ -109,7 +119,9 @@ async def test_mixed_decisions_over_three_parallel_calls(rest: REST, ws: WSClien
     await assert_next_run_valid(ws, agent["id"])
 
 
-async def test_two_connections_race_first_decision_wins(server: GatewayThread, rest: REST, ws: WSClient) -> None:
+async def test_two_connections_race_first_decision_wins(
+    server: GatewayThread, rest: REST, ws: WSClient
+) -> None:
     agent = await approval_agent(rest)
     run_id, calls = await park(ws, agent["id"], ROLL)
     other = await WSClient.open(server.ws_url)
@@ -117,7 +129,8 @@ async def test_two_connections_race_first_decision_wins(server: GatewayThread, r
     assert sub["result"]["status"] == "awaiting_approval" and sub["result"]["recovered"] is True
     decision = {"tool_call_id": calls[0]["tool_call_id"]}
     a, b = await asyncio.gather(
-        respond(ws, run_id, {**decision, "approve": True}), respond(other, run_id, {**decision, "approve": False})
+        respond(ws, run_id, {**decision, "approve": True}),
+        respond(other, run_id, {**decision, "approve": False}),
     )
     kinds = sorted([a["type"], b["type"]])
     assert kinds == ["ack", "error"], (a, b)
@@ -137,19 +150,27 @@ async def test_error_cases(rest: REST, ws: WSClient) -> None:
     ids = [c["tool_call_id"] for c in calls]
     unknown = await respond(ws, run_id, {"tool_call_id": "toolu_nope", "approve": True})
     assert unknown["error"]["code"] == "approval_not_pending"
-    twice = await respond(ws, run_id, {"tool_call_id": ids[0], "approve": True}, {"tool_call_id": ids[0], "approve": False})
+    twice = await respond(
+        ws, run_id, {"tool_call_id": ids[0], "approve": True}, {"tool_call_id": ids[0], "approve": False}
+    )
     assert twice["error"]["code"] == "approval_not_pending"
-    partly_bad = await respond(ws, run_id, {"tool_call_id": ids[0], "approve": True}, {"tool_call_id": "toolu_x", "approve": True})
+    partly_bad = await respond(
+        ws, run_id, {"tool_call_id": ids[0], "approve": True}, {"tool_call_id": "toolu_x", "approve": True}
+    )
     assert partly_bad["error"]["code"] == "approval_not_pending"
     ok = await respond(ws, run_id, {"tool_call_id": ids[0], "approve": True})
     assert ok["result"]["pending"] == ids[1:], "the rejected commands recorded nothing"
     again = await respond(ws, run_id, {"tool_call_id": ids[0], "approve": False})
     assert again["error"]["code"] == "approval_not_pending"
-    bad = await ws.request("approval.respond", run_id=run_id, decisions=[{"tool_call_id": ids[1], "approve": "yes"}])
+    bad = await ws.request(
+        "approval.respond", run_id=run_id, decisions=[{"tool_call_id": ids[1], "approve": "yes"}]
+    )
     assert bad["error"]["code"] == "bad_request" and "approve" in bad["error"]["message"]
     missing = await respond(ws, "run-missing", {"tool_call_id": ids[1], "approve": True})
     assert missing["error"]["code"] == "not_found"
-    await respond(ws, run_id, {"tool_call_id": ids[1], "approve": True}, {"tool_call_id": ids[2], "approve": True})
+    await respond(
+        ws, run_id, {"tool_call_id": ids[1], "approve": True}, {"tool_call_id": ids[2], "approve": True}
+    )
     await ws.finish(run_id)
     late = await respond(ws, run_id, {"tool_call_id": ids[1], "approve": True})
     assert late["error"]["code"] == "approval_not_pending"
@@ -174,7 +195,7 @@ async def test_cancel_while_awaiting_approval(rest: REST, ws: WSClient) -> None:
 
 async def test_approval_timeout_denies(rest: REST, ws: WSClient) -> None:
     agent = await approval_agent(rest, approval_timeout_s=0.3)
-    run_id, calls = await park(ws, agent["id"], ROLL)
+    run_id, _calls = await park(ws, agent["id"], ROLL)
     frames = await ws.finish(run_id)
     response = next(e for e in events_of(frames) if e["message_type"] == "approval_response_message")
     assert response["approvals"][0]["reason"] == "timed out"

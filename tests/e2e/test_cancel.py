@@ -31,7 +31,7 @@ def sleeper(seconds: int, marker: str) -> str:
 LONG = "[[tps:60]] Write a long answer of 400 words about rivers."
 
 
-def is_type(kind: str):  # noqa: ANN201
+def is_type(kind: str):
     return lambda f: f["type"] == "event" and f["event"]["message_type"] == kind
 
 
@@ -45,7 +45,11 @@ async def assert_cancelled(ws: WSClient, run_id: str) -> list[dict]:
     frames = await ws.finish(run_id)
     assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
     assert types_of(frames)[-3:] == ["stop_reason", "usage_statistics", "run_status"]
-    assert frames[-1]["event"] == {"message_type": "run_status", "status": "cancelled", "stop_reason": "cancelled"}
+    assert frames[-1]["event"] == {
+        "message_type": "run_status",
+        "status": "cancelled",
+        "stop_reason": "cancelled",
+    }
     return frames
 
 
@@ -55,7 +59,7 @@ async def assert_next_run_valid(ws: WSClient, agent_id: str) -> None:
     assert text_of(frames) == "still here"
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
+async def wait_for(predicate, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -76,7 +80,9 @@ async def test_cancel_before_first_token(server: GatewayThread, rest: REST, ws: 
     await assert_next_run_valid(ws, agent["id"])
 
 
-async def test_cancel_mid_text_keeps_partial_and_closes_upstream(server: GatewayThread, rest: REST, ws: WSClient) -> None:
+async def test_cancel_mid_text_keeps_partial_and_closes_upstream(
+    server: GatewayThread, rest: REST, ws: WSClient
+) -> None:
     stats = offline_app(server).state.stats
     agent = await rest.agent(name="a")
     run_id = await ws.start_run(agent["id"], LONG)
@@ -106,7 +112,9 @@ async def test_cancel_mid_tool_arguments_drops_the_call(rest: REST, ws: WSClient
     frames = await assert_cancelled(ws, run_id)
     assert "tool_return_message" not in types_of(frames)
     messages = (await rest.http.get(f"/v1/runs/{run_id}/messages")).json()
-    assert not [m for m in messages if m["message_type"] == "tool_call_message"], "a half-streamed call is dropped"
+    assert not [m for m in messages if m["message_type"] == "tool_call_message"], (
+        "a half-streamed call is dropped"
+    )
     await assert_next_run_valid(ws, agent["id"])
 
 
@@ -122,7 +130,9 @@ async def test_cancel_during_tool_execution_kills_it(rest: REST, ws: WSClient, t
     frames = await assert_cancelled(ws, run_id)
     assert time.monotonic() - started < 5
     (ret,) = [e for e in events_of(frames) if e["message_type"] == "tool_return_message"]
-    assert ret["tool_returns"][0]["status"] == "error" and "cancelled" in ret["tool_returns"][0]["tool_return"]
+    assert (
+        ret["tool_returns"][0]["status"] == "error" and "cancelled" in ret["tool_returns"][0]["tool_return"]
+    )
 
     def gone() -> bool:
         try:
@@ -156,7 +166,10 @@ async def test_cancel_queued_run(rest: REST, ws: WSClient) -> None:
     agent = await rest.agent(name="a")
     first = await ws.start_run(agent["id"], LONG)
     reply = await ws.request(
-        "run.start", agent_id=agent["id"], messages=[{"role": "user", "content": "queued one"}], if_busy="queue"
+        "run.start",
+        agent_id=agent["id"],
+        messages=[{"role": "user", "content": "queued one"}],
+        if_busy="queue",
     )
     queued = reply["result"]["run_id"]
     assert reply["result"]["status"] == "queued"

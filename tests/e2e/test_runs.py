@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 
 import orjson
 
 from tests.harness import REST, ROLL_DICE, GatewayThread, WSClient, collapse, events_of, text_of, types_of
 
 GREETING = "This is an automated test message. Reply with the message 'Teamwork makes the dream work'."
-ROLL = "This is an automated test message. Call the roll_dice tool with 16 sides and reply back to me with the outcome."
+ROLL = (
+    "This is an automated test message. "
+    "Call the roll_dice tool with 16 sides and reply back to me with the outcome."
+)
 PARALLEL = "This is an automated test message. Please call the roll_dice tool three times in parallel."
 
 
@@ -96,7 +100,9 @@ async def test_three_parallel_calls(rest: REST, ws: WSClient) -> None:
 
 async def test_thinking_run_and_history_passes_signatures_back(rest: REST, ws: WSClient) -> None:
     tool = await rest.tool(ROLL_DICE)
-    agent = await rest.agent(name="thinker", tool_ids=[tool["id"]], enable_reasoner=True, max_reasoning_tokens=2048)
+    agent = await rest.agent(
+        name="thinker", tool_ids=[tool["id"]], enable_reasoner=True, max_reasoning_tokens=2048
+    )
     frames = await ws.run(agent["id"], ROLL)
     check_log_shape(frames)
     reasoning = [e for e in events_of(frames) if e["message_type"] == "reasoning_message"]
@@ -145,7 +151,7 @@ async def test_two_agents_interleaved_on_one_socket(server: GatewayThread, rest:
         check_log_shape(frames_a)
         check_log_shape(frames_b)
         order = [f["run_id"] for f in ws.frames if f["type"] == "event"]
-        switches = sum(1 for x, y in zip(order, order[1:], strict=False) if x != y)
+        switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
         assert switches > 2, "events of the two runs interleave on the socket"
         assert frames_a[-1]["event"]["status"] == frames_b[-1]["event"]["status"] == "completed"
     finally:

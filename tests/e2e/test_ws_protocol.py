@@ -38,7 +38,9 @@ async def test_malformed_json_keeps_connection(ws: WSClient) -> None:
 
 
 async def test_invalid_field_names_the_field(ws: WSClient) -> None:
-    reply = await ws.request("run.start", agent_id="agent-x", messages=[{"role": "assistant", "content": "hi"}])
+    reply = await ws.request(
+        "run.start", agent_id="agent-x", messages=[{"role": "assistant", "content": "hi"}]
+    )
     assert reply["type"] == "error" and reply["error"]["code"] == "bad_request"
     fields = [e["field"] for e in reply["error"]["details"]["errors"]]
     assert any("role" in f for f in fields), reply
@@ -124,7 +126,9 @@ async def test_too_many_subscriptions(server: GatewayThread, rest: REST) -> None
 
 async def test_replies_precede_events_and_ping_works_midrun(rest: REST, ws: WSClient) -> None:
     agent = await rest.agent(name="a")
-    ident = await ws.send("run.start", agent_id=agent["id"], messages=[{"role": "user", "content": "hello there"}])
+    ident = await ws.send(
+        "run.start", agent_id=agent["id"], messages=[{"role": "user", "content": "hello there"}]
+    )
     first = await ws.recv()
     assert first["type"] == "ack" and first["id"] == ident
     run_id = first["result"]["run_id"]

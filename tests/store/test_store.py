@@ -11,22 +11,44 @@ from gateway.store import Approval, DuplicateIdempotencyKey, Message, Run, Step,
 
 async def make_agent(store: Store) -> str:
     agent = await store.create_agent(
-        name="a", description=None, system="", model="offline/m", tool_ids=[], approval_overrides={}, tags=[], settings={}
+        name="a",
+        description=None,
+        system="",
+        model="offline/m",
+        tool_ids=[],
+        approval_overrides={},
+        tags=[],
+        settings={},
     )
     return agent.id
 
 
 def make_run(agent_id: str, key: str | None = None, status: str = "running") -> Run:
     return Run(
-        id=new_id("run"), agent_id=agent_id, status=status, idempotency_key=key, request={}, usage={},
-        step_count=0, last_seq=0, epoch="e", created_at=now_iso(),
+        id=new_id("run"),
+        agent_id=agent_id,
+        status=status,
+        idempotency_key=key,
+        request={},
+        usage={},
+        step_count=0,
+        last_seq=0,
+        epoch="e",
+        created_at=now_iso(),
     )
 
 
 def message(agent_id: str, run_id: str, role: str, content: list) -> Message:
     return Message(
-        id=new_id("message"), agent_id=agent_id, run_id=run_id, step_id=None, role=role, content=content,
-        meta=[], partial=False, created_at=now_iso(),
+        id=new_id("message"),
+        agent_id=agent_id,
+        run_id=run_id,
+        step_id=None,
+        role=role,
+        content=content,
+        meta=[],
+        partial=False,
+        created_at=now_iso(),
     )
 
 
@@ -38,8 +60,15 @@ async def test_migrations_are_idempotent(store: Store) -> None:
 
 
 async def test_tool_upsert_by_name(store: Store) -> None:
-    fields = dict(name="t", description="d", source_code="def t(): pass", json_schema={"name": "t"}, tags=[],
-                  default_requires_approval=False, return_char_limit=10)
+    fields = dict(
+        name="t",
+        description="d",
+        source_code="def t(): pass",
+        json_schema={"name": "t"},
+        tags=[],
+        default_requires_approval=False,
+        return_char_limit=10,
+    )
     first = await store.upsert_tool(**fields)
     second = await store.upsert_tool(**{**fields, "description": "new"})
     assert first.id == second.id
@@ -71,9 +100,24 @@ async def test_idempotency_key_unique_per_agent(store: Store) -> None:
 
 async def test_history_in_order_and_step_persisted_atomically(store: Store) -> None:
     agent_id = await make_agent(store)
-    run = await store.create_run(make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])])
-    step = Step(id=new_id("step"), run_id=run.id, agent_id=agent_id, number=1, stop_reason="end_turn", usage={}, created_at=now_iso())
-    reply = message(agent_id, run.id, "assistant", [{"type": "thinking", "thinking": "t", "signature": "s"}, {"type": "text", "text": "yo"}])
+    run = await store.create_run(
+        make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])]
+    )
+    step = Step(
+        id=new_id("step"),
+        run_id=run.id,
+        agent_id=agent_id,
+        number=1,
+        stop_reason="end_turn",
+        usage={},
+        created_at=now_iso(),
+    )
+    reply = message(
+        agent_id,
+        run.id,
+        "assistant",
+        [{"type": "thinking", "thinking": "t", "signature": "s"}, {"type": "text", "text": "yo"}],
+    )
     await store.persist_step(step, [reply], run.id, {"step_count": 1, "usage": {"prompt_tokens": 3}})
     rows = await store.history(agent_id)
     assert [r.role for r in rows] == ["user", "assistant"]
@@ -87,10 +131,30 @@ async def test_first_decision_wins_and_batches_are_all_or_nothing(store: Store) 
     run = await store.create_run(make_run(agent_id, status="awaiting_approval"))
     for i, call in enumerate(["a", "b"]):
         await store.persist_step(
-            Step(id=new_id("step"), run_id=run.id, agent_id=agent_id, number=i, stop_reason=None, usage={}, created_at=now_iso()),
-            [], run.id, {},
-            [Approval(run_id=run.id, tool_call_id=call, step_id="s", name="t", arguments="{}", position=i,
-                      requested_at=now_iso(), resolved=False)],
+            Step(
+                id=new_id("step"),
+                run_id=run.id,
+                agent_id=agent_id,
+                number=i,
+                stop_reason=None,
+                usage={},
+                created_at=now_iso(),
+            ),
+            [],
+            run.id,
+            {},
+            [
+                Approval(
+                    run_id=run.id,
+                    tool_call_id=call,
+                    step_id="s",
+                    name="t",
+                    arguments="{}",
+                    position=i,
+                    requested_at=now_iso(),
+                    resolved=False,
+                )
+            ],
         )
     results = await asyncio.gather(*(store.decide_approval(run.id, "a", bool(i % 2), None) for i in range(6)))
     assert sum(results) == 1
@@ -104,12 +168,16 @@ async def test_first_decision_wins_and_batches_are_all_or_nothing(store: Store) 
 async def test_compare_and_set_status(store: Store) -> None:
     agent_id = await make_agent(store)
     run = await store.create_run(make_run(agent_id, status="awaiting_approval"))
-    results = await asyncio.gather(*(store.transition_run(run.id, "awaiting_approval", "running") for _ in range(5)))
+    results = await asyncio.gather(
+        *(store.transition_run(run.id, "awaiting_approval", "running") for _ in range(5))
+    )
     assert sum(results) == 1
 
 
 async def test_delete_agent_removes_its_rows(store: Store) -> None:
     agent_id = await make_agent(store)
-    run = await store.create_run(make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])])
+    run = await store.create_run(
+        make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])]
+    )
     assert await store.delete_agent(agent_id)
     assert await store.get_run(run.id) is None and await store.history(agent_id) == []
