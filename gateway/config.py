@@ -49,7 +49,7 @@ class Settings:
     tool_timeout_s: float = field(default_factory=lambda: _env_float("GATEWAY_TOOL_TIMEOUT_S", 30.0))
     log_retention_s: float = field(default_factory=lambda: _env_float("GATEWAY_LOG_RETENTION_S", 86400.0))
     shutdown_grace_s: float = field(default_factory=lambda: _env_float("GATEWAY_SHUTDOWN_GRACE_S", 10.0))
-    default_max_steps: int = 10
+    default_max_steps: int = 50
     auth_token: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_AUTH_TOKEN") or None)
 
     def resolved_database_url(self) -> str:

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from gateway.app import create_app
 from gateway.cli import GatewayServer, uvicorn_config
 from gateway.config import Settings
+from protocol.events import validate_server_frame
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -164,6 +165,7 @@ class WSClient:
 
     async def recv(self, timeout: float = 10) -> dict[str, Any]:
         frame = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        validate_server_frame(frame)  # every frame the server sends follows the protocol models
         self.frames.append(frame)
         if frame["type"] == "event":
             self.events[frame["run_id"]].append(frame)

@@ -23,7 +23,14 @@ def run_status(status: str, stop_reason: str | None = None) -> dict[str, Any]:
 
 
 def user_message(message_id: str, otid: str, content: Any, date: str) -> dict[str, Any]:
-    return {"message_type": "user_message", "id": message_id, "otid": otid, "date": date, "content": content}
+    return {
+        "message_type": "user_message",
+        "id": message_id,
+        "otid": otid,
+        "step_id": None,
+        "date": date,
+        "content": content,
+    }
 
 
 def tool_return_message(
@@ -55,6 +62,7 @@ def approval_response(run_id: str, approvals: list[dict[str, Any]]) -> dict[str,
         "message_type": "approval_response_message",
         "id": f"approval-{run_id}",
         "otid": f"approval-{run_id}",
+        "step_id": None,
         "date": now_iso(),
         "approvals": approvals,
     }
@@ -109,9 +117,7 @@ def row_events(row: Message, *, grouped: bool = False) -> list[dict[str, Any]]:
     `tool_calls` / `tool_returns` lists, as Letta's REST API lists them.
     """
     meta = row.meta or []
-    base = {"id": row.id, "date": row.created_at}
-    if row.step_id:
-        base["step_id"] = row.step_id
+    base = {"id": row.id, "step_id": row.step_id, "date": row.created_at}
     if row.role == "user":
         otid = meta[0].get("otid") if meta else row.id
         return [{"message_type": "user_message", **base, "otid": otid, "content": _text_of(row.content)}]
