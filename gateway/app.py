@@ -15,6 +15,7 @@ from starlette.routing import Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway.api.routes import routes as api_routes
+from gateway.api.sse import routes as sse_routes
 from gateway.broker import Broker, MemoryBroker
 from gateway.config import Settings
 from gateway.llm.client import ModelRouter
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await gateway.close()
 
-    routes: list = [*api_routes, WebSocketRoute("/v1/ws", WebSocketEndpoint(gateway))]
+    routes: list = [*api_routes, *sse_routes, WebSocketRoute("/v1/ws", WebSocketEndpoint(gateway))]
     if settings.offline_base_url is None:
         from gateway.llm.offline import create_app as create_offline_app
 
