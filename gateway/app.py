@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.routing import Mount, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway.api.routes import routes as api_routes
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await gateway.close()
 
-    routes: list = [*api_routes, *sse_routes, WebSocketRoute("/v1/ws", WebSocketEndpoint(gateway))]
+    routes: list[BaseRoute] = [*api_routes, *sse_routes, WebSocketRoute("/v1/ws", WebSocketEndpoint(gateway))]
     if settings.offline_base_url is None:
         from gateway.llm.offline import create_app as create_offline_app
 

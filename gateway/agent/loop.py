@@ -62,7 +62,7 @@ class ActiveRun:
     step_count: int = 0
     usage: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
-    phase: asyncio.Task[Any] | None = None
+    phase: asyncio.Future[Any] | None = None
     cancel_mode: str | None = None
     draining: bool = False  # the process is shutting down: stop after this step
 
@@ -365,11 +365,11 @@ class Executor:
                 )
                 for p in to_run
             ]
-            run.phase = asyncio.ensure_future(asyncio.gather(*tasks))
+            phase = run.phase = asyncio.gather(*tasks)
             try:
                 if run.cancel_mode == "immediate":
-                    run.phase.cancel()
-                await run.phase
+                    phase.cancel()
+                await phase
             except asyncio.CancelledError:
                 if run.cancel_mode != "immediate" or _being_cancelled():
                     for t in tasks:

@@ -291,6 +291,8 @@ async def set_tool_approval(request: Request) -> Any:
         raise HTTPError(404, f"tool {name!r} is not attached to agent {agent.id!r}")
     overrides = {**(agent.approval_overrides or {}), name: data.requires_approval}
     updated = await gw(request).store.update_agent(agent.id, approval_overrides=overrides)
+    if updated is None:
+        raise HTTPError(404, f"agent {agent.id!r} not found")
     return agent_json(updated, tools)
 
 

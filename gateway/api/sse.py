@@ -168,7 +168,7 @@ async def run_stream(request: Request) -> Any:
     run_id = request.path_params["run_id"]
     if await gateway.store.get_run(run_id) is None:
         raise HTTPError(404, f"run {run_id!r} not found")
-    after = 0
+    after: object = 0
     if request.method == "POST":
         raw = await request.body()
         try:
@@ -179,15 +179,15 @@ async def run_stream(request: Request) -> Any:
     else:
         after = request.query_params.get("starting_after") or request.headers.get("last-event-id") or 0
     try:
-        after = int(after)
-        if after < 0:
+        start = int(after)  # type: ignore[call-overload,unused-ignore]
+        if start < 0:
             raise ValueError
     except (TypeError, ValueError):
         raise HTTPError(
             422,
             [{"loc": ["body", "starting_after"], "msg": "must be an integer >= 0", "type": "value_error"}],
         ) from None
-    return sse(follow(gateway, run_id, after))
+    return sse(follow(gateway, run_id, start))
 
 
 @endpoint

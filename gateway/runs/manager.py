@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -166,8 +166,8 @@ class RunManager:
             self.broker.append(run.id, ev.user_message(m["id"], m["otid"], m["content"], run.created_at))
         self.broker.append(run.id, ev.run_status(run.status))
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -367,8 +367,7 @@ class RunManager:
             if run.id in self.active:
                 continue
             if self.broker.info(run.id) is None:
-                self.broker.open(run.id, new_epoch())
-                await self.store.update_run(run.id, epoch=self.broker.info(run.id).epoch)  # type: ignore[union-attr]
+                await self._rebuild_log(run)
             await self._finish_idle(
                 run, "running", Stop("error", "gateway_restarted", RUN_OWNER_RESTARTED, True)
             )
@@ -388,7 +387,8 @@ class RunManager:
             self._spawn(self._drain_queue(run.agent_id))
 
     async def _rebuild_log(self, run: Run) -> None:
-        """A parked run whose log was lost gets a new log (new epoch) from what is persisted."""
+        """A run whose log was lost gets a new log (new epoch) from what is persisted, so a
+        client sees its messages, its pending approvals, and how it ends."""
         epoch = new_epoch()
         await self.store.update_run(run.id, epoch=epoch)
         self.broker.open(run.id, epoch)
@@ -396,6 +396,8 @@ class RunManager:
         for row in rows:
             for event in ev.row_events(row):
                 self.broker.append(run.id, event)
+        if run.status != "awaiting_approval":
+            return
         approvals = await self.store.approvals(run.id)
         pending = [a for a in approvals if not a.resolved]
         if pending:

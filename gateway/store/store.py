@@ -81,7 +81,7 @@ class Store:
 
     async def delete_tool(self, tool_id: str) -> bool:
         async with self.session.begin() as s:
-            return (await s.execute(delete(Tool).where(Tool.id == tool_id))).rowcount > 0  # type: ignore[attr-defined]
+            return bool((await s.execute(delete(Tool).where(Tool.id == tool_id))).rowcount > 0)  # type: ignore[attr-defined]
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class Store:
             await s.execute(delete(Approval).where(Approval.run_id.in_(run_ids)))
             await s.execute(delete(Step).where(Step.agent_id == agent_id))
             await s.execute(delete(Run).where(Run.agent_id == agent_id))
-            return (await s.execute(delete(Agent).where(Agent.id == agent_id))).rowcount > 0  # type: ignore[attr-defined]
+            return bool((await s.execute(delete(Agent).where(Agent.id == agent_id))).rowcount > 0)  # type: ignore[attr-defined]
 
     async def acquire_agent(self, agent_id: str, run_id: str) -> bool:
         """Make `run_id` the agent's active run if it has none. Atomic across processes."""
@@ -127,7 +127,7 @@ class Store:
                 .where(Agent.id == agent_id, Agent.active_run_id.is_(None))
                 .values(active_run_id=run_id)
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def release_agent(self, agent_id: str, run_id: str) -> None:
         async with self.session.begin() as s:
@@ -271,7 +271,7 @@ class Store:
                 )
                 .values(decision=approve, reason=reason, decided_at=now_iso())
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def decide_approvals(
         self, run_id: str, decisions: Sequence[tuple[str, bool, str | None]]
@@ -331,4 +331,4 @@ class Store:
                 .where(Run.id == run_id, Run.status == from_status)
                 .values(status=to_status, **fields)
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -93,7 +93,7 @@ class Dispatcher:
         }
 
     async def run_start(self, command: cmd.RunStart) -> None:
-        if command.agent_id and len(self.conn.subscriptions) >= self.gateway.settings.max_subscriptions:
+        if len(self.conn.subscriptions) >= self.gateway.settings.max_subscriptions:
             raise self._too_many()
         messages = [m.model_dump(exclude_none=True) for m in command.messages]
         run, _created = await self.gateway.manager.start(
