@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.api.routes import routes as api_routes
 from gateway.api.sse import routes as sse_routes
-from gateway.broker import Broker, MemoryBroker
+from gateway.broker import Broker, MemoryBroker, RedisBroker
 from gateway.config import Settings
 from gateway.llm.client import ModelRouter
 from gateway.runs.manager import RunManager
@@ -45,7 +45,10 @@ class Gateway:
     async def open(self) -> None:
         s = self.settings
         self.store = await Store.open(s.resolved_database_url())
-        self.broker = MemoryBroker(retention_s=s.log_retention_s)
+        if s.redis_url:
+            self.broker = RedisBroker(s.redis_url, prefix=s.redis_prefix, retention_s=s.log_retention_s)
+        else:
+            self.broker = MemoryBroker(retention_s=s.log_retention_s)
         await self.broker.start()
         self.router = ModelRouter(s)
         self.manager = RunManager(
@@ -54,6 +57,8 @@ class Gateway:
             self.router,
             tool_timeout_s=s.tool_timeout_s,
             default_max_steps=s.default_max_steps,
+            shared=s.redis_url is not None,
+            lease_s=s.run_lease_s,
         )
         await self.manager.recover()
 

@@ -28,6 +28,9 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("GATEWAY_DATA_DIR", "data")))
     database_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_DATABASE_URL") or None)
     redis_url: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_REDIS_URL") or None)
+    redis_prefix: str = field(default_factory=lambda: os.environ.get("GATEWAY_REDIS_PREFIX", "gw"))
+    # A process owns its running runs for this long past its last heartbeat (several processes).
+    run_lease_s: float = field(default_factory=lambda: _env_float("GATEWAY_RUN_LEASE_S", 15.0))
     anthropic_api_key: str | None = field(default_factory=lambda: os.environ.get("ANTHROPIC_API_KEY") or None)
     anthropic_base_url: str | None = field(
         default_factory=lambda: os.environ.get("ANTHROPIC_BASE_URL") or None

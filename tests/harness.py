@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -117,17 +120,45 @@ class GatewayThread:
         with contextlib.suppress(OSError):
             self.sock.close()
 
-    def kill(self) -> None:
-        """Stop with no drain: as close to a crash as a thread allows (force exit)."""
-        self.server.force_exit = True
-        self.server.should_exit = True
-        if self.loop is not None:
-            for task in asyncio.all_tasks(self.loop):
-                self.loop.call_soon_threadsafe(task.cancel)
-        if self.thread is not None:
-            self.thread.join(timeout=30)
-        with contextlib.suppress(OSError):
-            self.sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_gateway(data: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """`gateway serve` as a real process (unpaced offline model, 1 s shutdown grace)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--offline-tokens-per-second",
+            "0",
+        ],
+        env={**os.environ, "GATEWAY_SHUTDOWN_GRACE_S": "1", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_healthy(port: int) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/v1/health/")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("gateway did not come up")
 
 
 class WSClient:

@@ -2,5 +2,6 @@
 
 from gateway.broker.base import Broker, LogInfo, Sink
 from gateway.broker.memory import MemoryBroker
+from gateway.broker.redis import RedisBroker
 
-__all__ = ["Broker", "LogInfo", "MemoryBroker", "Sink"]
+__all__ = ["Broker", "LogInfo", "MemoryBroker", "RedisBroker", "Sink"]

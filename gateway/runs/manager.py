@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -40,10 +42,17 @@ class RunManager:
         *,
         tool_timeout_s: float,
         default_max_steps: int,
+        shared: bool = False,
+        lease_s: float = 15.0,
     ):
         self.store = store
         self.broker = broker
         self.default_max_steps = default_max_steps
+        # Several processes share the store and the broker: runs are owned under a lease.
+        self.shared = shared
+        self.lease_s = lease_s
+        self.instance_id = uuid.uuid4().hex
+        self._heartbeat: asyncio.Task[None] | None = None
         self.executor = Executor(
             store,
             broker,
@@ -122,6 +131,7 @@ class RunManager:
                 last_seq=0,
                 epoch=new_epoch(),
                 created_at=stamp,
+                **(self._lease() if acquired else {}),
             )
             rows = self._input_rows(run) if acquired else []
             try:
@@ -142,6 +152,15 @@ class RunManager:
             else:
                 self._spawn(self._drain_queue(agent_id))
             return run, True
+
+    def _lease(self) -> dict[str, Any]:
+        return {"owner": self.instance_id, "lease_until": time.time() + self.lease_s}
+
+    async def _hold_log(self, run: Run) -> None:
+        """Make this process the writer of the run's log: adopt it (another process wrote
+        it), or rebuild it from the store when it is lost."""
+        if self.broker.info(run.id) is None and await self.broker.adopt(run.id) is None:
+            await self._rebuild_log(run)
 
     def _input_rows(self, run: Run) -> list[Message]:
         return [
@@ -205,6 +224,7 @@ class RunManager:
             run = await self.store.get_run(run_id)
             if run is None or run.status != "awaiting_approval":
                 return
+            await self._hold_log(run)
             denied = await self.store.deny_pending(run_id, "timed out")
             if denied:
                 self.broker.append(
@@ -221,11 +241,12 @@ class RunManager:
             run = await self.store.next_queued_run(agent_id)
             if run is None or not await self.store.acquire_agent(agent_id, run.id):
                 return
-            if not await self.store.transition_run(run.id, "queued", advance("queued", Action.START).value):
+            started = advance("queued", Action.START).value
+            if not await self.store.transition_run(run.id, "queued", started, **self._lease()):
                 await self.store.release_agent(agent_id, run.id)
                 continue  # cancelled meanwhile: try the next one
             await self.store.add_messages(self._input_rows(run))
-            if self.broker.info(run.id) is None:
+            if self.broker.info(run.id) is None and await self.broker.adopt(run.id) is None:
                 run.status = "queued"
                 self._open_log(run)
             self.broker.append(run.id, ev.run_status("running"))
@@ -252,6 +273,7 @@ class RunManager:
             assert run is not None
             if run.status == "queued":
                 if await self.store.transition_run(run_id, "queued", "cancelled"):
+                    await self._hold_log(run)
                     await self._finish_idle(run, "queued", Stop("cancelled"))
             elif run.status == "awaiting_approval":
                 await self._cancel_parked(run)
@@ -259,9 +281,19 @@ class RunManager:
                 active = self.active.get(run_id)
                 if active is not None:
                     active.request_cancel(mode)
+                else:  # owned by another process: tell it
+                    await self.broker.publish_control({"kind": "cancel", "run_id": run_id, "mode": mode})
         return "cancelling"
 
+    async def _on_control(self, message: dict[str, Any]) -> None:
+        """Control messages from any process; cancels act on the runs this process owns."""
+        if message.get("kind") == "cancel":
+            active = self.active.get(str(message.get("run_id")))
+            if active is not None:
+                active.request_cancel(str(message.get("mode") or "immediate"))
+
     async def _cancel_parked(self, run: Run) -> None:
+        await self._hold_log(run)
         denied = await self.store.deny_pending(run.id, "cancelled")
         if denied:
             self.broker.append(
@@ -318,6 +350,7 @@ class RunManager:
                         f"tool call {tool_call_id} was already decided",
                         details={"tool_call_id": tool_call_id},
                     )
+            await self._hold_log(run)
             lost = await self.store.decide_approvals(
                 run_id, [(d["tool_call_id"], bool(d["approve"]), d.get("reason")) for d in decisions]
             )
@@ -348,7 +381,7 @@ class RunManager:
             return pending
 
     async def _resume(self, run: Run, decided: list[Any]) -> None:
-        if not await self.store.transition_run(run.id, "awaiting_approval", "running"):
+        if not await self.store.transition_run(run.id, "awaiting_approval", "running", **self._lease()):
             return  # someone else resumed (or cancelled) it
         timer = self._timers.pop(run.id, None)
         if timer is not None:
@@ -362,17 +395,22 @@ class RunManager:
     # -- lifecycle of the process ------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Runs left `running` or `queued` by a process that died are settled honestly."""
-        for run in await self.store.list_runs(statuses=["running"]):
-            if run.id in self.active:
-                continue
-            if self.broker.info(run.id) is None:
-                await self._rebuild_log(run)
-            await self._finish_idle(
-                run, "running", Stop("error", "gateway_restarted", RUN_OWNER_RESTARTED, True)
-            )
+        """Settle what a process that died left behind, and (shared) keep leases alive.
+
+        Alone (memory broker), every run still `running` belonged to a dead process: it is
+        failed at once. Shared, a run is failed only when its owner's lease has expired; a
+        heartbeat renews this process's leases and takes over expired ones.
+        """
+        self.broker.on_control(self._on_control)
+        if self.shared:
+            await self._take_over_expired()
+            self._heartbeat = asyncio.ensure_future(self._beat())
+        else:
+            for run in await self.store.list_runs(statuses=["running"]):
+                if run.id not in self.active:
+                    await self._fail_orphan(run)
         for run in await self.store.list_runs(statuses=["awaiting_approval"]):
-            if self.broker.info(run.id) is None:
+            if self.broker.info(run.id) is None and not self.shared:
                 await self._rebuild_log(run)
             agent = await self.store.get_agent(run.agent_id)
             timeout = (agent.settings or {}).get("approval_timeout_s") if agent else None
@@ -382,9 +420,31 @@ class RunManager:
                 elapsed = (datetime.now(UTC) - asked).total_seconds()
                 self._arm_timeout(run.id, float(timeout) - elapsed)
         for run in await self.store.list_runs(statuses=["queued"]):
-            if self.broker.info(run.id) is None:
+            if self.broker.info(run.id) is None and await self.broker.fetch_info(run.id) is None:
                 self._open_log(run)
             self._spawn(self._drain_queue(run.agent_id))
+
+    async def _fail_orphan(self, run: Run) -> None:
+        await self._hold_log(run)
+        await self._finish_idle(run, "running", Stop("error", "gateway_restarted", RUN_OWNER_RESTARTED, True))
+
+    async def _take_over_expired(self) -> None:
+        now = time.time()
+        for run in await self.store.take_over_expired(self.instance_id, now, now + self.lease_s):
+            if run.id not in self.active:
+                await self._fail_orphan(run)
+
+    async def _beat(self) -> None:
+        """Renew this process's leases and fail runs whose owner stopped beating."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.store.renew_leases(self.instance_id, time.time() + self.lease_s)
+                await self._take_over_expired()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease heartbeat failed")
 
     async def _rebuild_log(self, run: Run) -> None:
         """A run whose log was lost gets a new log (new epoch) from what is persisted, so a
@@ -432,9 +492,23 @@ class RunManager:
         tasks = [a.task for a in self.active.values() if a.task is not None and not a.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
-        for active in list(self.active.values()):
-            if active.task is not None and not active.task.done():
-                active.task.cancel()
+        cut = [a for a in self.active.values() if a.task is not None and not a.task.done()]
+        for active in cut:
+            assert active.task is not None
+            active.task.cancel()
+        if cut:
+            await asyncio.gather(*(a.task for a in cut if a.task is not None), return_exceptions=True)
+        for active in cut:  # leave no run `running`: what the grace could not finish has failed
+            if active.status == "running":
+                try:
+                    await self.executor.finish(
+                        active,
+                        Stop("error", "gateway_shutdown", "the gateway shut down during this run", True),
+                    )
+                except Exception:
+                    log.exception("could not record the end of run %s", active.run_id)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         pending = [t for t in self._background if not t.done()]
         for t in pending:
             t.cancel()

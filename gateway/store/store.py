@@ -332,3 +332,34 @@ class Store:
                 .values(status=to_status, **fields)
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def renew_leases(self, owner: str, until: float) -> None:
+        """Extend the lease of every running run this process owns (its heartbeat)."""
+        async with self.session.begin() as s:
+            await s.execute(
+                update(Run).where(Run.owner == owner, Run.status == "running").values(lease_until=until)
+            )
+
+    async def take_over_expired(self, owner: str, now: float, until: float) -> list[Run]:
+        """Claim running runs whose owner's lease expired (the owner died). Each run is
+        claimed by exactly one process: a compare-and-set on the old owner and lease."""
+        async with self.session() as s:
+            q = select(Run).where(
+                Run.status == "running", (Run.lease_until.is_(None)) | (Run.lease_until < now)
+            )
+            candidates = list((await s.execute(q)).scalars())
+        claimed = []
+        for run in candidates:
+            async with self.session.begin() as s:
+                cond = [Run.id == run.id, Run.status == "running"]
+                cond.append(Run.owner.is_(None) if run.owner is None else Run.owner == run.owner)
+                cond.append(
+                    Run.lease_until.is_(None)
+                    if run.lease_until is None
+                    else Run.lease_until == run.lease_until
+                )
+                result = await s.execute(update(Run).where(*cond).values(owner=owner, lease_until=until))
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    run.owner, run.lease_until = owner, until
+                    claimed.append(run)
+        return claimed

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx2 as httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import REST, GatewayThread, WSClient, events_of
+from tests.harness import REST, GatewayThread, WSClient, events_of, free_port, wait_healthy
+from tests.harness import spawn_gateway as spawn
 
 LONG = "[[tps:300]] Write a long answer of 300 words."
 WAIT_TOOL = '''
@@ -124,44 +121,6 @@ async def test_dead_connection_is_detected(tmp_path: Path) -> None:
         raw.close()
     finally:
         gw.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(data: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--offline-tokens-per-second",
-            "0",
-        ],
-        env={**os.environ, "GATEWAY_SHUTDOWN_GRACE_S": "1", **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def wait_healthy(port: int) -> None:
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/v1/health/")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("gateway did not come up")
 
 
 @pytest.mark.timeout(60)
