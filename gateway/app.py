@@ -13,6 +13,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from gateway.api.routes import routes as api_routes
 from gateway.api.sse import routes as sse_routes
@@ -79,7 +80,24 @@ class Gateway:
         await self.store.close()
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+class GatewayApp:
+    """The ASGI entry point: websocket upgrades of /v1/ws go straight to the endpoint (no
+    middleware wrapping every frame's `send`); everything else, lifespan included, to Starlette."""
+
+    def __init__(self, app: Starlette, websocket: WebSocketEndpoint) -> None:
+        self.app = app
+        self.websocket = websocket
+        self.state = app.state
+        self.routes = app.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+            await self.websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> GatewayApp:
     settings = settings or Settings()
     gateway = Gateway(settings)
 
@@ -91,7 +109,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await gateway.close()
 
-    routes: list[BaseRoute] = [*api_routes, *sse_routes, WebSocketRoute("/v1/ws", WebSocketEndpoint(gateway))]
+    websocket = WebSocketEndpoint(gateway)
+    routes: list[BaseRoute] = [*api_routes, *sse_routes, WebSocketRoute("/v1/ws", websocket)]
     if settings.offline_base_url is None:
         from gateway.llm.offline import create_app as create_offline_app
 
@@ -102,4 +121,4 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes.append(Mount("/", app=StaticFiles(directory=WEB_DIR, html=True)))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
-    return app
+    return GatewayApp(app, websocket)

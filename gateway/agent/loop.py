@@ -65,6 +65,9 @@ class ActiveRun:
     phase: asyncio.Future[Any] | None = None
     cancel_mode: str | None = None
     draining: bool = False  # the process is shutting down: stop after this step
+    # The agent and its tools as the run started: read once, not on every step.
+    agent: Agent | None = None
+    tools: list[Tool] | None = None
 
     def request_cancel(self, mode: str) -> None:
         if mode == "immediate" or self.cancel_mode == "immediate":
@@ -189,10 +192,11 @@ class Executor:
                 return stop
 
     async def _step(self, run: ActiveRun) -> Stop | None:
-        agent = await self.store.get_agent(run.agent_id)
+        agent = run.agent or await self.store.get_agent(run.agent_id)
         if agent is None:
             return Stop("error", "not_found", "the agent was deleted during the run")
-        tools = await self.store.list_tools(agent.tool_ids)
+        tools = run.tools if run.tools is not None else await self.store.list_tools(agent.tool_ids)
+        run.agent, run.tools = agent, tools
         request = build_request(agent, tools, await self.store.history(run.agent_id))
         try:
             client, request["model"] = self.router.resolve(agent.model)
@@ -207,6 +211,8 @@ class Executor:
             stream_tokens=run.stream_tokens,
         )
         run.step_count += 1
+        before = self.broker.info(run.run_id)
+        seq_before = before.last_seq if before else 0
         failure: Stop | None = None
         cancelled = False
         run.phase = asyncio.ensure_future(self._consume(client, request, state, run.run_id))
@@ -239,6 +245,10 @@ class Executor:
             out = snapshot_partial(state)
         finally:
             run.phase = None
+        if out.incomplete:  # cut before message_delta reported usage: count what was streamed
+            info = self.broker.info(run.run_id)
+            streamed = (info.last_seq if info else 0) - seq_before
+            out.usage.output_tokens = max(out.usage.output_tokens, streamed)
         run.add_usage(out)
 
         if cancelled or failure is not None or out.stop_reason == "max_tokens":
@@ -430,11 +440,13 @@ class Executor:
             {"tool_call_id": p.call.id, "name": p.call.name, "arguments": orjson.dumps(p.call.input).decode()}
             for p in waiting
         ]
+        # The store says awaiting_approval before anyone can see the request: a decision sent
+        # the instant the request arrives must find the run ready for it.
+        run.status = advance(run.status, Action.PARK)
+        await self.store.update_run(run.run_id, status=run.status)
         self.broker.append(
             run.run_id, ev.approval_request(message_id, f"{message_id}-approval", step_id, calls)
         )
-        run.status = advance(run.status, Action.PARK)
-        await self.store.update_run(run.run_id, status=run.status)
         self.broker.append(run.run_id, ev.run_status(run.status))
         return Stop(PARKED)
 

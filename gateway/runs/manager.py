@@ -148,7 +148,9 @@ class RunManager:
                 raise
             self._open_log(run)
             if acquired:
-                self._spawn_drive(run_from_row(run))
+                starting = run_from_row(run)
+                starting.agent = agent
+                self._spawn_drive(starting)
             else:
                 self._spawn(self._drain_queue(agent_id))
             return run, True
@@ -344,11 +346,17 @@ class RunManager:
                         f"tool call {tool_call_id} is not awaiting approval in run {run_id}",
                         details={"tool_call_id": tool_call_id},
                     )
-                if a.decision is not None or run.status != "awaiting_approval":
+                if a.decision is not None:
                     raise GatewayError(
                         "approval_not_pending",
                         f"tool call {tool_call_id} was already decided",
                         details={"tool_call_id": tool_call_id},
+                    )
+                if run.status != "awaiting_approval":
+                    raise GatewayError(
+                        "approval_not_pending",
+                        f"run {run_id} is not awaiting approval (it is {run.status})",
+                        details={"tool_call_id": tool_call_id, "status": run.status},
                     )
             await self._hold_log(run)
             lost = await self.store.decide_approvals(

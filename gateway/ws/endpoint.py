@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -40,7 +41,7 @@ def origin_allowed(origin: str, host: str, allowlist: tuple[str, ...]) -> bool:
     return parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
+def _header(scope: MutableMapping[str, Any], name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return str(value.decode("latin-1"))
@@ -51,11 +52,14 @@ class WebSocketEndpoint:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
         settings = self.gateway.settings
+        if self.gateway.drained:  # shutting down: send the client elsewhere at once
+            await self._deny(scope, send, 503, "server shutting down")
+            return
         origin = _header(scope, b"origin")
         if origin is not None and not origin_allowed(
             origin, _header(scope, b"host") or "", settings.allowed_origins
@@ -128,7 +132,7 @@ class WebSocketEndpoint:
         except (TimeoutError, Exception):
             return
 
-    async def _deny(self, scope: dict[str, Any], send: Any, status: int, reason: str) -> None:
+    async def _deny(self, scope: MutableMapping[str, Any], send: Any, status: int, reason: str) -> None:
         if "websocket.http.response" in scope.get("extensions", {}):
             body = reason.encode()
             await send(
@@ -145,7 +149,6 @@ class WebSocketEndpoint:
         elif status == 403:
             await send({"type": "websocket.close", "code": 1008})
         else:
+            code = CloseCode.GOING_AWAY if status == 503 else CloseCode.PROTOCOL_VIOLATION
             await send({"type": "websocket.accept"})
-            await send(
-                {"type": "websocket.close", "code": int(CloseCode.PROTOCOL_VIOLATION), "reason": reason}
-            )
+            await send({"type": "websocket.close", "code": int(code), "reason": reason})

@@ -76,6 +76,19 @@ async def test_approve(rest: REST, ws: WSClient) -> None:
     await assert_next_run_valid(ws, agent["id"])
 
 
+async def test_decision_sent_the_instant_the_request_arrives(rest: REST, ws: WSClient) -> None:
+    agent = await approval_agent(rest)
+    run_id = await ws.start_run(agent["id"], ROLL)
+    request = await ws.until(
+        lambda f: f["type"] == "event" and f["event"]["message_type"] == "approval_request_message"
+    )
+    call_id = request["event"]["tool_calls"][0]["tool_call_id"]
+    reply = await respond(ws, run_id, {"tool_call_id": call_id, "approve": True})
+    assert reply["type"] == "ack", reply
+    frames = await ws.finish(run_id)
+    assert frames[-1]["event"]["status"] == "completed"
+
+
 async def test_deny_with_reason(rest: REST, ws: WSClient) -> None:
     agent = await approval_agent(rest, via_patch=True)
     run_id, calls = await park(ws, agent["id"], ROLL)

@@ -100,6 +100,9 @@ async def test_cancel_mid_text_keeps_partial_and_closes_upstream(
     assert kept == streamed, "the persisted partial text is exactly what was streamed"
     run = (await rest.http.get(f"/v1/runs/{run_id}")).json()
     assert run["status"] == "cancelled" and run["stop_reason"] == "cancelled"
+    usage = frames[-2]["event"]
+    deltas = sum(1 for f in frames if f["event"]["message_type"] == "assistant_message")
+    assert usage["completion_tokens"] >= deltas, "a cut stream still counts what it streamed"
     await assert_next_run_valid(ws, agent["id"])
 
 

@@ -8,7 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.harness import REST, GatewayThread, WSClient, events_of, free_port, wait_healthy
 from tests.harness import spawn_gateway as spawn
@@ -171,6 +172,16 @@ async def test_sigterm_says_goodbye_and_leaves_no_run_running(tmp_path: Path) ->
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+async def test_no_new_connections_while_draining(server: GatewayThread) -> None:
+    server.gateway.drained = True
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(server.ws_url, subprotocols=["agentgw.v1"])
+        assert info.value.response.status_code == 503
+    finally:
+        server.gateway.drained = False
 
 
 async def test_start_refused_while_draining(server: GatewayThread, rest: REST, ws: WSClient) -> None:
