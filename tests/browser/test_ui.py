@@ -392,7 +392,7 @@ async def test_socket_killed_mid_answer_loses_and_repeats_nothing(
           };
         }"""
     )
-    run = await send(a, "Write an answer of 120 words about rivers")
+    run = await send(a, "Write an answer of 200 words about rivers")
     await expect(run.locator(".md")).to_contain_text(re.compile(r"(\S+\s+){5}"))
 
     # Another tab opens the conversation mid-answer and follows it live.
@@ -420,7 +420,7 @@ async def test_socket_killed_mid_answer_loses_and_repeats_nothing(
     assert all(s["run_id"] == run_id and s["after"] > 5 and s["epoch"] == epoch for s in subs), subs
     assert subs[1]["after"] > subs[0]["after"], subs
     expected = (await persisted_text(prest, run_id)).strip()
-    assert len(words(expected)) == 120
+    assert len(words(expected)) == 200
     for page in (a, b):
         assert (await last_run(page).locator(".md").inner_text()).strip() == expected
         assert await page.evaluate(f"window.gatewayClient.getRun({run_id!r}).text") == expected
