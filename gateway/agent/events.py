@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.store import Message, now_iso
+from gateway.store import Approval, Message, now_iso
 
 
 def run_status(status: str, stop_reason: str | None = None) -> dict[str, Any]:
@@ -183,10 +183,52 @@ def row_events(row: Message, *, grouped: bool = False) -> list[dict[str, Any]]:
     return events
 
 
-def letta_messages(rows: Iterable[Message]) -> list[dict[str, Any]]:
+def letta_messages(rows: Iterable[Message], approvals: Iterable[Approval] = ()) -> list[dict[str, Any]]:
+    """Persisted rows as Letta's message list. With the runs' `approvals`, a step whose calls
+    needed approval also lists its `approval_request_message` (after the calls) and each
+    decision's `approval_response_message` (before the returns), as the live log did."""
+    asked: dict[tuple[str | None, str], Approval] = {(a.run_id, a.tool_call_id): a for a in approvals}
     out: list[dict[str, Any]] = []
     for row in rows:
+        ids = [
+            b.get("id") if row.role == "assistant" else b.get("tool_use_id")
+            for b in row.content
+            if b.get("type") in ("tool_use", "tool_result")
+        ]
+        gated = [asked[(row.run_id, i)] for i in ids if (row.run_id, i) in asked]
+        base = {"id": row.id, "step_id": row.step_id, "date": row.created_at, "run_id": row.run_id}
+        if row.role == "tool" and gated:
+            decisions = [
+                {
+                    "tool_call_id": a.tool_call_id,
+                    "approve": bool(a.decision),
+                    **({"reason": a.reason} if a.reason else {}),
+                }
+                for a in gated
+                if a.decision is not None
+            ]
+            if decisions:
+                out.append(
+                    {
+                        "message_type": "approval_response_message",
+                        **base,
+                        "otid": f"{row.id}-approval",
+                        "approvals": decisions,
+                    }
+                )
         for ev in row_events(row, grouped=True):
             ev["run_id"] = row.run_id
             out.append(ev)
+        if row.role == "assistant" and gated:
+            calls = [
+                {"tool_call_id": a.tool_call_id, "name": a.name, "arguments": a.arguments} for a in gated
+            ]
+            out.append(
+                {
+                    "message_type": "approval_request_message",
+                    **base,
+                    "otid": f"{row.id}-approval",
+                    "tool_calls": calls,
+                }
+            )
     return out

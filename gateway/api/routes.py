@@ -355,7 +355,8 @@ async def list_agent_messages(request: Request) -> Any:
             agent_id=agent.id, before_pos=cursors.get("before"), limit=limit, descending=True
         )
         rows.reverse()
-    messages = letta_messages(rows)
+    store = gw(request).store
+    messages = letta_messages(rows, await store.approvals_of(r.run_id for r in rows))
     if order == "desc":
         messages.reverse()
     return messages
@@ -386,7 +387,8 @@ async def list_runs(request: Request) -> Any:
 @endpoint
 async def list_run_messages(request: Request) -> Any:
     run = await _run(request)
-    return letta_messages(await gw(request).store.list_messages(run_id=run.id))
+    store = gw(request).store
+    return letta_messages(await store.list_messages(run_id=run.id), await store.approvals(run.id))
 
 
 @endpoint

@@ -252,6 +252,14 @@ class Store:
 
     # -- approvals ---------------------------------------------------------------------------
 
+    async def approvals_of(self, run_ids: Iterable[str | None]) -> list[Approval]:
+        ids = sorted({r for r in run_ids if r})
+        if not ids:
+            return []
+        async with self.session() as s:
+            q = select(Approval).where(Approval.run_id.in_(ids)).order_by(Approval.position)
+            return list((await s.execute(q)).scalars())
+
     async def approvals(self, run_id: str) -> list[Approval]:
         async with self.session() as s:
             q = select(Approval).where(Approval.run_id == run_id).order_by(Approval.position)

@@ -108,6 +108,19 @@ async def test_deny_with_reason(rest: REST, ws: WSClient) -> None:
         {"tool_call_id": calls[0]["tool_call_id"], "approve": False, "reason": "no gambling"}
     ]
     assert frames[-1]["event"]["status"] == "completed", "a denial does not end the run"
+    history = (await rest.http.get(f"/v1/runs/{run_id}/messages")).json()
+    kinds = [m["message_type"] for m in history]
+    assert kinds[:6] == [
+        "user_message",
+        "assistant_message",
+        "tool_call_message",
+        "approval_request_message",
+        "approval_response_message",
+        "tool_return_message",
+    ], kinds
+    assert history[4]["approvals"] == response["approvals"], (
+        "the reloaded history says it was denied, and why"
+    )
     assert "denied" in text_of(frames).lower()
     await assert_next_run_valid(ws, agent["id"])
 
