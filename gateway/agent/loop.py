@@ -68,6 +68,7 @@ class ActiveRun:
     # The agent and its tools as the run started: read once, not on every step.
     agent: Agent | None = None
     tools: list[Tool] | None = None
+    history: list[Message] | None = None  # prefetched for the first step only
 
     def request_cancel(self, mode: str) -> None:
         if mode == "immediate" or self.cancel_mode == "immediate":
@@ -197,7 +198,9 @@ class Executor:
             return Stop("error", "not_found", "the agent was deleted during the run")
         tools = run.tools if run.tools is not None else await self.store.list_tools(agent.tool_ids)
         run.agent, run.tools = agent, tools
-        request = build_request(agent, tools, await self.store.history(run.agent_id))
+        rows = run.history if run.history is not None else await self.store.history(run.agent_id)
+        run.history = None
+        request = build_request(agent, tools, rows)
         try:
             client, request["model"] = self.router.resolve(agent.model)
         except UnknownModel as exc:

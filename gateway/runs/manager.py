@@ -26,7 +26,7 @@ from gateway.broker import Broker
 from gateway.errors import GatewayError, not_found
 from gateway.llm.client import ModelRouter
 from gateway.runs.lifecycle import Action, advance, is_terminal
-from gateway.store import Agent, DuplicateIdempotencyKey, Message, Run, Store, new_id, now_iso
+from gateway.store import Agent, Message, Run, Store, new_id, now_iso
 
 log = logging.getLogger("gateway.runs")
 
@@ -63,7 +63,6 @@ class RunManager:
         )
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.active: dict[str, ActiveRun] = {}
-        self._agent_locks: dict[str, asyncio.Lock] = {}
         self._run_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.accepting = True
@@ -85,41 +84,17 @@ class RunManager:
             raise GatewayError(
                 "rate_limited", "the gateway is shutting down; retry on another instance", retryable=True
             )
-        lock = self._agent_locks.setdefault(agent_id, asyncio.Lock())
-        async with lock:
-            agent = await self.store.get_agent(agent_id)
-            if agent is None:
-                raise not_found("agent", agent_id)
-            if idempotency_key is not None:
-                existing = await self.store.find_run_by_key(agent_id, idempotency_key)
-                if existing is not None:
-                    return existing, False
-            run_id = new_id("run")
-            acquired = await self.store.acquire_agent(agent_id, run_id)
-            if not acquired and if_busy != "queue":
-                fresh = await self.store.get_agent(agent_id)
-                active = fresh.active_run_id if fresh else None
-                raise GatewayError(
-                    "agent_busy",
-                    f"agent {agent_id} is running {active}; retry later or use if_busy: queue",
-                    details={"active_run_id": active},
-                    retryable=True,
-                )
-            status = "running" if acquired else "queued"
-            stamp = now_iso()
-            inputs = []
-            for m in messages:
-                inputs.append(
-                    {
-                        "id": new_id("message"),
-                        "otid": m.get("otid") or new_id("otid"),
-                        "content": m["content"],
-                    }
-                )
+        run_id = new_id("run")
+        inputs = [
+            {"id": new_id("message"), "otid": m.get("otid") or new_id("otid"), "content": m["content"]}
+            for m in messages
+        ]
+
+        def build(agent: Agent, acquired: bool) -> tuple[Run, list[Message]]:
             run = Run(
                 id=run_id,
                 agent_id=agent_id,
-                status=status,
+                status="running" if acquired else "queued",
                 idempotency_key=idempotency_key,
                 request={
                     "messages": inputs,
@@ -130,30 +105,39 @@ class RunManager:
                 step_count=0,
                 last_seq=0,
                 epoch=new_epoch(),
-                created_at=stamp,
+                created_at=now_iso(),
                 **(self._lease() if acquired else {}),
             )
-            rows = self._input_rows(run) if acquired else []
-            try:
-                await self.store.create_run(run, rows)
-            except DuplicateIdempotencyKey:
-                if acquired:
-                    await self.store.release_agent(agent_id, run_id)
-                existing = await self.store.find_run_by_key(agent_id, idempotency_key or "")
-                assert existing is not None
-                return existing, False
-            except BaseException:
-                if acquired:
-                    await self.store.release_agent(agent_id, run_id)
-                raise
-            self._open_log(run)
-            if acquired:
-                starting = run_from_row(run)
-                starting.agent = agent
-                self._spawn_drive(starting)
-            else:
-                self._spawn(self._drain_queue(agent_id))
-            return run, True
+            return run, self._input_rows(run) if acquired else []
+
+        admitted = await self.store.admit_run(
+            agent_id, run_id, build, idempotency_key=idempotency_key, queue_if_busy=if_busy == "queue"
+        )
+        if admitted.agent is None:
+            raise not_found("agent", agent_id)
+        if admitted.run is None:
+            active = admitted.busy_with
+            raise GatewayError(
+                "agent_busy",
+                f"agent {agent_id} is running {active}; retry later or use if_busy: queue",
+                details={"active_run_id": active},
+                retryable=True,
+            )
+        run = admitted.run
+        if not admitted.created:
+            return run, False
+        self._open_log(run)
+        if admitted.started:
+            starting = run_from_row(run)
+            starting.agent, starting.tools, starting.history = (
+                admitted.agent,
+                admitted.tools,
+                admitted.history,
+            )
+            self._spawn_drive(starting)
+        else:
+            self._spawn(self._drain_queue(agent_id))
+        return run, True
 
     def _lease(self) -> dict[str, Any]:
         return {"owner": self.instance_id, "lease_until": time.time() + self.lease_s}

@@ -8,7 +8,8 @@ Contention points use conditional UPDATEs, so they are safe across processes too
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -371,3 +372,80 @@ class Store:
                     run.owner, run.lease_until = owner, until
                     claimed.append(run)
         return claimed
+
+    async def admit_run(
+        self,
+        agent_id: str,
+        run_id: str,
+        build: Callable[[Agent, bool], tuple[Run, list[Message]]],
+        *,
+        idempotency_key: str | None,
+        queue_if_busy: bool,
+    ) -> Admission:
+        """Everything `run.start` needs from the store, in ONE transaction: the agent, an
+        earlier run with the same idempotency key, the claim of the agent (a conditional
+        UPDATE), the new run and its inputs, and, for a run that starts now, the tools and the
+        history its first step sends. A duplicate key found only at insert (a concurrent
+        start) rolls the whole thing back, the claim included."""
+        try:
+            async with self.session() as s, s.begin():
+                # The claim comes first: a write as the transaction's first statement takes
+                # SQLite's write lock (waiting for it) before anything is read, so a concurrent
+                # start cannot invalidate our snapshot (SQLITE_BUSY_SNAPSHOT) halfway through.
+                claim = await s.execute(
+                    update(Agent)
+                    .where(Agent.id == agent_id, Agent.active_run_id.is_(None))
+                    .values(active_run_id=run_id)
+                    .execution_options(synchronize_session=False)
+                )
+                acquired = claim.rowcount == 1  # type: ignore[attr-defined]
+                agent = await s.get(Agent, agent_id)
+                if agent is None:
+                    return Admission(agent=None)
+                if idempotency_key is not None:
+                    q = select(Run).where(Run.agent_id == agent_id, Run.idempotency_key == idempotency_key)
+                    existing = (await s.execute(q)).scalar_one_or_none()
+                    if existing is not None:
+                        s.expunge(existing)  # keep it loaded through the rollback
+                        s.expunge(agent)
+                        await s.rollback()  # give the claim back
+                        return Admission(agent=agent, run=existing, created=False)
+                if not acquired and not queue_if_busy:
+                    return Admission(agent=agent, busy_with=agent.active_run_id)
+                run, rows = build(agent, acquired)
+                s.add(run)
+                await s.flush()
+                if not acquired:
+                    return Admission(agent=agent, run=run, created=True)
+                s.add_all(rows)
+                await s.flush()
+                tools = list(
+                    (await s.execute(select(Tool).where(Tool.id.in_(list(agent.tool_ids))))).scalars()
+                )
+                q3 = select(Message).where(Message.agent_id == agent_id).order_by(Message.pos)
+                history = list((await s.execute(q3)).scalars())
+                return Admission(
+                    agent=agent, run=run, created=True, started=True, tools=tools, history=history
+                )
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            existing = await self.find_run_by_key(agent_id, idempotency_key)
+            if existing is None:
+                raise
+            return Admission(agent=await self.get_agent(agent_id), run=existing, created=False)
+
+
+@dataclass(slots=True)
+class Admission:
+    """What `Store.admit_run` decided. `agent is None`: no such agent. `busy_with`: refused,
+    the agent runs that run. Otherwise `run`, `created` (False: the key's earlier run),
+    `started` (True: claimed the agent now; `tools` and `history` are prefetched)."""
+
+    agent: Agent | None
+    run: Run | None = None
+    created: bool = False
+    started: bool = False
+    busy_with: str | None = None
+    tools: list[Tool] | None = None
+    history: list[Message] | None = None

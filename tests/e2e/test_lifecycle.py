@@ -58,7 +58,7 @@ async def test_concurrent_queued_starts_run_in_order(server: GatewayThread, rest
                 "run.start",
                 agent_id=agent["id"],
                 if_busy="queue",
-                messages=[{"role": "user", "content": f"Reply with the message 'run {i}'."}],
+                messages=[{"role": "user", "content": f"[[ttft:300]] Reply with the message 'run {i}'."}],
             )
             for i, c in enumerate(clients)
         )

@@ -181,3 +181,56 @@ async def test_delete_agent_removes_its_rows(store: Store) -> None:
     )
     assert await store.delete_agent(agent_id)
     assert await store.get_run(run.id) is None and await store.history(agent_id) == []
+
+
+async def test_admit_run_races(store: Store) -> None:
+    """One transaction per start: under racing starts exactly one claims the agent, the
+    others are refused with the holder's id, or queue; one idempotency key gives one run."""
+    agent_id = await make_agent(store)
+
+    def builder(run_id: str, key: str | None = None):
+        def build(agent, acquired):
+            run = make_run(agent_id, key, "running" if acquired else "queued")
+            run.id = run_id
+            rows = [message(agent_id, run_id, "user", [{"type": "text", "text": "hi"}])] if acquired else []
+            return run, rows
+
+        return build
+
+    ids = [new_id("run") for _ in range(6)]
+    results = await asyncio.gather(
+        *(store.admit_run(agent_id, r, builder(r), idempotency_key=None, queue_if_busy=False) for r in ids)
+    )
+    started = [a for a in results if a.started]
+    assert len(started) == 1 and started[0].history and started[0].history[-1].role == "user"
+    winner = started[0].run.id
+    assert all(a.busy_with == winner for a in results if not a.started)
+    queued = await store.admit_run(
+        agent_id, "run-q", builder("run-q"), idempotency_key=None, queue_if_busy=True
+    )
+    assert queued.created and not queued.started and queued.run.status == "queued"
+    missing = await store.admit_run(
+        "agent-none", "run-x", builder("run-x"), idempotency_key=None, queue_if_busy=False
+    )
+    assert missing.agent is None
+
+    other = await make_agent(store)
+    keyed = [new_id("run") for _ in range(5)]
+
+    def keyed_builder(run_id: str):
+        def build(agent, acquired):
+            run = make_run(other, "k1", "running" if acquired else "queued")
+            run.id = run_id
+            return run, []
+
+        return build
+
+    outcomes = await asyncio.gather(
+        *(
+            store.admit_run(other, r, keyed_builder(r), idempotency_key="k1", queue_if_busy=True)
+            for r in keyed
+        )
+    )
+    assert len({a.run.id for a in outcomes}) == 1 and sum(a.created for a in outcomes) == 1
+    holder = (await store.get_agent(other)).active_run_id
+    assert holder == outcomes[0].run.id, "a repeated key gave its claim back"
