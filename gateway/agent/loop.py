@@ -114,7 +114,7 @@ class Executor:
         router: ModelRouter,
         *,
         tool_timeout_s: float,
-        on_finished: Callable[[ActiveRun], None],
+        on_finished: Callable[[ActiveRun, bool], None],
         on_parked: Callable[[ActiveRun, Agent], None],
     ) -> None:
         self.store = store
@@ -495,17 +495,19 @@ class Executor:
         error = None
         if failing:
             error = {"error_type": stop.error_type or stop.reason, "message": stop.message or stop.reason}
-        await self.store.update_run(
+        queued_next = await self.store.finish_run(
             run.run_id,
-            status=status.value,
-            stop_reason=stop.reason,
-            usage=dict(run.usage),
-            step_count=run.step_count,
-            completed_at=now_iso(),
-            last_seq=last_seq,
-            error=error,
+            run.agent_id,
+            {
+                "status": status.value,
+                "stop_reason": stop.reason,
+                "usage": dict(run.usage),
+                "step_count": run.step_count,
+                "completed_at": now_iso(),
+                "last_seq": last_seq,
+                "error": error,
+            },
         )
-        await self.store.release_agent(run.agent_id, run.run_id)
         run.status = status.value
         if failing:
             self.broker.append(
@@ -516,7 +518,7 @@ class Executor:
         self.broker.append(run.run_id, ev.usage_statistics(run.usage, run.step_count))
         self.broker.append(run.run_id, ev.run_status(status.value, stop.reason))
         self.broker.close(run.run_id)
-        self.on_finished(run)
+        self.on_finished(run, queued_next)
 
 
 def denied_text(reason: str | None) -> str:

@@ -181,13 +181,14 @@ class RunManager:
         self.active[active.run_id] = active
         active.task = self._spawn(self.executor.drive(active))
 
-    def _finished(self, run: ActiveRun) -> None:
+    def _finished(self, run: ActiveRun, queued_next: bool) -> None:
         self.active.pop(run.run_id, None)
         self._run_locks.pop(run.run_id, None)
         timer = self._timers.pop(run.run_id, None)
         if timer is not None:
             timer.cancel()
-        self._spawn(self._drain_queue(run.agent_id))
+        if queued_next:
+            self._spawn(self._drain_queue(run.agent_id))
 
     def _parked(self, run: ActiveRun, agent: Agent) -> None:
         """A parked run holds no task; only its approval timeout (if the agent sets one) is armed."""

@@ -435,6 +435,19 @@ class Store:
                 raise
             return Admission(agent=await self.get_agent(agent_id), run=existing, created=False)
 
+    async def finish_run(self, run_id: str, agent_id: str, fields: dict[str, Any]) -> bool:
+        """A run's terminal state and the release of its agent, in one transaction. Returns
+        whether the agent has a queued run waiting (so the caller only then looks for it)."""
+        async with self.session.begin() as s:
+            await s.execute(update(Run).where(Run.id == run_id).values(**fields))
+            await s.execute(
+                update(Agent)
+                .where(Agent.id == agent_id, Agent.active_run_id == run_id)
+                .values(active_run_id=None)
+            )
+            q = select(Run.id).where(Run.agent_id == agent_id, Run.status == "queued").limit(1)
+            return (await s.execute(q)).first() is not None
+
 
 @dataclass(slots=True)
 class Admission:
