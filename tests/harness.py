@@ -122,7 +122,6 @@ class GatewayThread:
             self.sock.close()
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

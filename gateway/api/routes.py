@@ -138,11 +138,17 @@ async def list_tools(request: Request) -> Any:
     return [tool_json(t) for t in await gw(request).store.list_tools()]
 
 
+async def _row(request: Request, kind: str) -> Any:
+    """The tool, agent or run named by the path's `{kind}_id`, or a 404 naming it."""
+    ident = request.path_params[f"{kind}_id"]
+    row = await getattr(gw(request).store, f"get_{kind}")(ident)
+    if row is None:
+        raise HTTPError(404, f"{kind} {ident!r} not found")
+    return row
+
+
 async def _tool(request: Request) -> Any:
-    tool = await gw(request).store.get_tool(request.path_params["tool_id"])
-    if tool is None:
-        raise HTTPError(404, f"tool {request.path_params['tool_id']!r} not found")
-    return tool
+    return await _row(request, "tool")
 
 
 @endpoint
@@ -174,10 +180,7 @@ async def delete_tool(request: Request) -> Any:
 
 
 async def _agent(request: Request) -> Any:
-    agent = await gw(request).store.get_agent(request.path_params["agent_id"])
-    if agent is None:
-        raise HTTPError(404, f"agent {request.path_params['agent_id']!r} not found")
-    return agent
+    return await _row(request, "agent")
 
 
 async def _agent_json(request: Request, agent: Any) -> dict[str, Any]:
@@ -366,10 +369,7 @@ async def list_agent_messages(request: Request) -> Any:
 
 
 async def _run(request: Request) -> Any:
-    run = await gw(request).store.get_run(request.path_params["run_id"])
-    if run is None:
-        raise HTTPError(404, f"run {request.path_params['run_id']!r} not found")
-    return run
+    return await _row(request, "run")
 
 
 @endpoint

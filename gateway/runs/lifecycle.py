@@ -14,14 +14,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from protocol.runs import RunStatus
 
-class Status(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    AWAITING_APPROVAL = "awaiting_approval"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+Status = RunStatus  # the protocol's statuses; `cancelling` is ack-only and has no row here
 
 
 class Action(StrEnum):
@@ -56,6 +51,7 @@ TRANSITIONS: dict[Status, dict[Action, Status]] = {
 }
 
 TERMINAL = frozenset(s for s, moves in TRANSITIONS.items() if not moves)
+LIFECYCLE = frozenset(TRANSITIONS)  # every status a run can be in (all but ack-only `cancelling`)
 
 # Stop reason -> the action that ends the run with it (PROTOCOL.md section 4).
 STOP_ACTIONS: dict[str, Action] = {
@@ -80,7 +76,7 @@ class IllegalTransition(RuntimeError):
 def advance(status: str, action: Action) -> Status:
     """The status after `action`, or IllegalTransition."""
     try:
-        return TRANSITIONS[Status(status)][action]
+        return TRANSITIONS[RunStatus(status)][action]
     except (KeyError, ValueError):
         raise IllegalTransition(status, action) from None
 

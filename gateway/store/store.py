@@ -2,7 +2,7 @@
 
 Every method is one transaction. Rows come back detached (safe to read after the call).
 Contention points use conditional UPDATEs, so they are safe across processes too:
-`acquire_agent` (one active run per agent) and `decide_approval` (first decision wins).
+`acquire_agent` (one active run per agent) and `decide_approvals` (first decision wins).
 """
 
 from __future__ import annotations
@@ -265,22 +265,6 @@ class Store:
         async with self.session() as s:
             q = select(Approval).where(Approval.run_id == run_id).order_by(Approval.position)
             return list((await s.execute(q)).scalars())
-
-    async def decide_approval(
-        self, run_id: str, tool_call_id: str, approve: bool, reason: str | None
-    ) -> bool:
-        """Record a decision unless one exists. True when this call's decision won."""
-        async with self.session.begin() as s:
-            result = await s.execute(
-                update(Approval)
-                .where(
-                    Approval.run_id == run_id,
-                    Approval.tool_call_id == tool_call_id,
-                    Approval.decision.is_(None),
-                )
-                .values(decision=approve, reason=reason, decided_at=now_iso())
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def decide_approvals(
         self, run_id: str, decisions: Sequence[tuple[str, bool, str | None]]

@@ -156,8 +156,10 @@ async def test_first_decision_wins_and_batches_are_all_or_nothing(store: Store) 
                 )
             ],
         )
-    results = await asyncio.gather(*(store.decide_approval(run.id, "a", bool(i % 2), None) for i in range(6)))
-    assert sum(results) == 1
+    lost = await asyncio.gather(
+        *(store.decide_approvals(run.id, [("a", bool(i % 2), None)]) for i in range(6))
+    )
+    assert sum(not ids for ids in lost) == 1, "exactly one decision won"
     lost = await store.decide_approvals(run.id, [("b", True, None), ("a", False, "late")])
     assert lost == ["a"]
     assert [a.decision for a in await store.approvals(run.id)][1] is None, "b was rolled back with a"
