@@ -28,6 +28,8 @@ from gateway.agent.events import letta_messages
 from gateway.api.routes import JSON, HTTPError, body, endpoint, gw
 from gateway.api.schemas import SendMessages
 from gateway.api.serialize import run_json
+from gateway.broker import find_log
+from gateway.runs.lifecycle import is_terminal
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -80,7 +82,9 @@ async def run_events(gateway: Gateway, run_id: str, after: int) -> AsyncIterator
 
 async def follow(gateway: Gateway, run_id: str, after: int) -> AsyncIterator[bytes]:
     """The run's events after `after` in Letta's SSE form; from the store if the log is gone."""
-    info = await gateway.broker.fetch_info(run_id)
+    run = await gateway.store.get_run(run_id)
+    live = run is not None and not is_terminal(run.status)
+    info = await find_log(gateway.broker, run_id, live=live)
     if info is not None and info.closed and after >= info.last_seq:
         yield DONE
         return
@@ -94,7 +98,6 @@ async def follow(gateway: Gateway, run_id: str, after: int) -> AsyncIterator[byt
             yield b"id: %d\ndata: " % seq + orjson.dumps({**event, "run_id": run_id, "seq_id": seq}) + b"\n\n"
     if seen:
         return  # cut off for falling behind: no [DONE], the client resumes with starting_after
-    run = await gateway.store.get_run(run_id)
     for message in letta_messages(await gateway.store.list_messages(run_id=run_id)):
         if message["message_type"] not in HIDDEN:
             yield b"data: " + orjson.dumps(message) + b"\n\n"

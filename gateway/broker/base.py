@@ -18,6 +18,7 @@ Contract (every implementation, checked by one conformance suite):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,3 +54,20 @@ class Broker(Protocol):
     def events(self, run_id: str, after: int = 0) -> list[tuple[int, str]]: ...
     async def publish_control(self, message: dict[str, Any]) -> None: ...
     def on_control(self, handler: ControlHandler) -> None: ...
+
+
+# How long to wait for the log of a live run to appear when its owner is another instance
+# (it writes a few ms behind): 50 x 10 ms.
+LOG_APPEAR_TRIES = 50
+LOG_APPEAR_WAIT_S = 0.01
+
+
+async def find_log(broker: Broker, run_id: str, *, live: bool) -> LogInfo | None:
+    """The run's log info; for a `live` run (not terminal) give its owner a moment to write it."""
+    info = await broker.fetch_info(run_id)
+    tries = LOG_APPEAR_TRIES if live else 0
+    while info is None and tries:
+        await asyncio.sleep(LOG_APPEAR_WAIT_S)
+        info = await broker.fetch_info(run_id)
+        tries -= 1
+    return info

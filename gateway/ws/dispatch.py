@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.broker import find_log
 from gateway.errors import GatewayError, not_found
+from gateway.runs.lifecycle import is_terminal
 from gateway.ws.connection import Connection
 from protocol import commands as cmd
 from protocol.codec import decode_command, encode_ack, encode_error
@@ -126,7 +128,7 @@ class Dispatcher:
         ):
             raise self._too_many()
         broker = self.gateway.broker
-        info = await broker.fetch_info(run_id)
+        info = await find_log(broker, run_id, live=not is_terminal(run.status))
         if info is None:
             # The log is gone (retention, or lost with a restart): only persisted messages remain.
             self.conn.reply(
