@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import socket
 import sys
 from pathlib import Path
@@ -84,9 +85,24 @@ def banner(settings: Settings) -> str:
     )
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: each websocket is a descriptor, and
+    a default soft limit of 1024 would cap the server near a thousand connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return int(target)
+        except (ValueError, OSError):
+            return int(soft)
+    return int(soft)
+
+
 def serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
+    raise_fd_limit()
     settings = Settings()
     settings.host = args.host
     settings.port = args.port

@@ -97,7 +97,18 @@ class SSEDecoder:
             end = find(b"\n\n", scan)
             if end < 0:
                 break
-            # Fast path for what the API sends: exactly "event: NAME\ndata: DATA".
+            # Fast path for what the API sends: exactly "event: NAME\ndata: DATA", perhaps
+            # after comment lines (": ...", e.g. a proxy's or the offline model's stamps).
+            if fast:
+                head = start
+                while startswith(b":", head):
+                    nl = find(b"\n", head, end)
+                    if nl < 0:
+                        break
+                    head = nl + 1
+                else:
+                    if head != start and startswith(b"event: ", head):
+                        start = head
             if fast and startswith(b"event: ", start):
                 nl = find(b"\n", start, end)
                 if nl > 0 and startswith(b"data: ", nl + 1) and find(b"\n", nl + 1, end) < 0:

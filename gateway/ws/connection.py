@@ -175,10 +175,10 @@ class Connection:
                 if self.close_code is not None:
                     await self._send_close()
                     return
-        except (OSError, RuntimeError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             self._closed = True
             raise
-        except Exception:  # the client went away mid-send
+        except Exception:  # the client went away mid-send (ClientDisconnected, OSError...)
             self._closed = True
 
     async def _send_close(self) -> None:

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 from gateway import __version__
 from gateway.broker import find_log
 from gateway.errors import GatewayError, not_found
@@ -59,6 +61,11 @@ class Dispatcher:
             result = await self.handlers[command.type](command)
         except GatewayError as exc:
             conn.reply(encode_error(command.id, ErrorCode(exc.code), exc.message, exc.retryable, exc.details))
+            return False
+        except PoolTimeout:
+            conn.reply(
+                encode_error(command.id, ErrorCode.RATE_LIMITED, "the gateway is overloaded; retry", True)
+            )
             return False
         except Exception:
             log.exception("command %s failed", command.type)

@@ -36,3 +36,15 @@ def test_help_exits_cleanly(capsys) -> None:
     except SystemExit as exc:
         assert exc.code == 0
     assert "serve" in capsys.readouterr().out
+
+
+def test_fd_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from gateway.cli import raise_fd_limit
+
+    soft_before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    got = raise_fd_limit()
+    soft_after, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert got == soft_after >= soft_before
+    assert hard == resource.RLIM_INFINITY or soft_after == hard
