@@ -628,7 +628,9 @@ class RedisBroker(MemoryBroker):
 
         A log held here is served as by :class:`MemoryBroker`; any other from Redis, by the
         run's reader (see the module docstring for the replay-to-live handover). A ``detach``
-        while this is replaying cancels the attachment.
+        while this is replaying cancels the attachment. A log another process has opened is
+        found here only once its writer's first round trip has reached Redis (``flush`` on
+        that process waits for it); before that, this is None like for an unknown run.
         """
         if run_id in self.logs:
             return await super().attach(run_id, sink, after)

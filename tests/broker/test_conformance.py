@@ -71,6 +71,9 @@ async def test_attach_after_everything_gets_only_live(pair: Pair) -> None:
 async def test_attaching_during_a_burst_gives_no_gap_and_no_duplicate(pair: Pair) -> None:
     rng = random.Random(7)
     pair.writer.open("r1", "ep1")
+    # A remote reader finds a log once its owner's first write reached Redis (the gateway
+    # waits for a live run's log the same way, gateway.broker.find_log).
+    await settle(pair.writer)
     n, attaches = 3000, 12
     started = [asyncio.Event() for _ in range(attaches)]  # the producer waits for each attach to start
 

@@ -161,6 +161,65 @@ async def test_joining_a_running_reader_and_a_cursor_ahead_of_it(
     assert late_first.got == expected[28:]
 
 
+async def test_a_remote_attach_racing_the_owners_writer(two_brokers: Two) -> None:
+    """A remote attach while the owner's writer holds its round trip in flight.
+
+    First the round that carries the open: Redis has no such log yet, so B finds none
+    (``attach`` is None and delivers nothing, and no reader is left behind). This is the
+    interleaving behind the flaky conformance failure "got 0 events, expected 2994" (a sink
+    attached remotely with after=6 right after the owner's ``open``, with nothing flushed).
+    Then a later round: Redis has seq 1..6 while the owner holds 1..12, so a sink whose
+    ``after`` is past what Redis has is held back until the reader passes it, and one from 0
+    replays 1..6 and joins the reader; both then get exactly the rest, with no gap.
+    """
+    a, b = two_brokers
+    send = a._send
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+
+    async def held(calls: Any) -> list[Any]:  # the writer's round trip, held until released
+        in_flight.set()
+        await release.wait()
+        return await send(calls)
+
+    a._send = held  # type: ignore[method-assign]
+    a.open("r1", "ep1")
+    for i in range(6):
+        a.append("r1", delta(i))
+    await in_flight.wait()  # the writer has taken the open (and maybe events) and waits
+    early = RecordingSink()
+    assert await b.fetch_info("r1") is None
+    assert await b.attach("r1", early, 6) is None  # nothing in Redis yet: no such log
+    assert early.got == [] and not b.is_following("r1")
+    release.set()
+    assert await a.flush(5.0)
+    assert (await b.fetch_info("r1")).last_seq == 6  # type: ignore[union-attr]
+
+    in_flight.clear()
+    release.clear()
+    for i in range(6, 12):
+        a.append("r1", delta(i))
+    await in_flight.wait()  # 7..12 are held on the way to Redis
+    ahead, whole = RecordingSink(), RecordingSink()
+    info = await b.attach("r1", ahead, 9)
+    assert info is not None and info.epoch == "ep1" and info.last_seq == 9
+    assert await b.attach("r1", whole, 0) is not None
+    assert ahead.got == [] and whole.seqs == list(range(1, 7))
+    assert [after for s, after in b._followers["r1"].gated if s is ahead] == [9]  # held back
+    release.set()
+    await ahead.wait_for(3)
+    await whole.wait_for(12)
+    for i in range(12, 15):  # live from here
+        a.append("r1", delta(i))
+    await ahead.wait_for(6)
+    await whole.wait_for(15)
+    await asyncio.sleep(0.05)
+    expected = a.events("r1")
+    assert ahead.got == expected[9:]
+    assert whole.got == expected
+    assert not a.conflicts and not b.conflicts
+
+
 async def test_detach_while_replaying_cancels_the_attach(redis_factory: Factory) -> None:
     a = await redis_factory()
     b = await redis_factory(page_size=10)
