@@ -88,10 +88,12 @@ async def test_resume_across_an_approval(server: GatewayThread, rest: REST, ws: 
     )
     call = request["event"]["tool_calls"][0]
     await asyncio.sleep(0.2)
-    await ws.request(
+    reply = await ws.request(
         "approval.respond", run_id=run_id, decisions=[{"tool_call_id": call["tool_call_id"], "approve": True}]
     )
+    assert reply["type"] == "ack" and reply["result"]["pending"] == []
     resumed = await asyncio.wait_for(follower, 30)
+    assert any(f["event"]["message_type"] == "approval_response_message" for f in resumed)
     reference = await ws.finish(run_id)
     await check_same(reference, resumed)
 
