@@ -198,7 +198,9 @@ class Dispatcher:
 
     async def _attach(self, run_id: str, after: int) -> None:
         self.conn.subscriptions.add(run_id)
-        await self.gateway.broker.attach(run_id, self.conn, after)
+        if await self.gateway.broker.attach(run_id, self.conn, after) is None:
+            # The log vanished since it was found (expired): nothing to follow.
+            self.conn.subscriptions.discard(run_id)
 
     def _too_many(self) -> GatewayError:
         limit = self.gateway.settings.max_subscriptions
