@@ -88,7 +88,9 @@ async def test_slow_reader_gets_merged_deltas_and_does_not_slow_the_run(small_ou
     agent = await rest.agent(name="a")
     reader = await WSClient.open(server.ws_url)
     slow = await stalled_client(server)
-    run_id = await reader.start_run(agent["id"], LONG)
+    # The first token waits until the stalled client follows live (a replay is pulled at its
+    # own pace and needs no merging; live deltas queue for it and do).
+    run_id = await reader.start_run(agent["id"], "[[ttft:500]] " + LONG)
     assert (await slow.request("run.subscribe", run_id=run_id))["type"] == "ack"
     started = time.monotonic()
     reference = await reader.finish(run_id, timeout=60)
