@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -29,10 +29,6 @@ def now_iso() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4()}"
-
-
-class DuplicateIdempotencyKey(Exception):
-    """A run with this (agent, idempotency_key) exists already."""
 
 
 class Store:
@@ -140,22 +136,6 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
 
-    async def create_run(self, run: Run, messages: Iterable[Message] = ()) -> Run:
-        """Insert the run (and, for a run that starts now, its input messages) atomically.
-
-        Raises DuplicateIdempotencyKey when the agent already has a run with that key.
-        """
-        try:
-            async with self.session.begin() as s:
-                s.add(run)
-                await s.flush()
-                s.add_all(list(messages))
-        except IntegrityError as exc:
-            if run.idempotency_key is not None:
-                raise DuplicateIdempotencyKey(run.idempotency_key) from exc
-            raise
-        return run
-
     async def get_run(self, run_id: str) -> Run | None:
         async with self.session() as s:
             return await s.get(Run, run_id)
@@ -245,13 +225,6 @@ class Store:
     async def message_pos(self, message_id: str) -> int | None:
         async with self.session() as s:
             return (await s.execute(select(Message.pos).where(Message.id == message_id))).scalar_one_or_none()
-
-    async def count_messages(self, agent_id: str) -> int:
-        async with self.session() as s:
-            q = select(func.count()).select_from(Message).where(Message.agent_id == agent_id)
-            return int((await s.execute(q)).scalar_one())
-
-    # -- approvals ---------------------------------------------------------------------------
 
     async def approvals_of(self, run_ids: Iterable[str | None]) -> list[Approval]:
         ids = sorted({r for r in run_ids if r})

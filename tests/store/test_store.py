@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
-from gateway.store import Approval, DuplicateIdempotencyKey, Message, Run, Step, Store, new_id, now_iso
+from gateway.store import Approval, Message, Run, Step, Store, new_id, now_iso
 
 
 async def make_agent(store: Store) -> str:
@@ -36,6 +37,15 @@ def make_run(agent_id: str, key: str | None = None, status: str = "running") -> 
         epoch="e",
         created_at=now_iso(),
     )
+
+
+async def insert_run(store: Store, run: Run, messages: list[Message] | None = None) -> Run:
+    """Test set-up: a run row (and its inputs) written directly, as admit_run would."""
+    async with store.session.begin() as s:
+        s.add(run)
+        await s.flush()
+        s.add_all(messages or [])
+    return run
 
 
 def message(agent_id: str, run_id: str, role: str, content: list) -> Message:
@@ -90,18 +100,18 @@ async def test_one_active_run_per_agent_under_races(store: Store) -> None:
 
 async def test_idempotency_key_unique_per_agent(store: Store) -> None:
     agent_id = await make_agent(store)
-    await store.create_run(make_run(agent_id, "k"))
-    with pytest.raises(DuplicateIdempotencyKey):
-        await store.create_run(make_run(agent_id, "k"))
+    await insert_run(store, make_run(agent_id, "k"))
+    with pytest.raises(IntegrityError):
+        await insert_run(store, make_run(agent_id, "k"))
     other = await make_agent(store)
-    await store.create_run(make_run(other, "k"))  # another agent may reuse the key
+    await insert_run(store, make_run(other, "k"))  # another agent may reuse the key
     assert (await store.find_run_by_key(agent_id, "k")) is not None
 
 
 async def test_history_in_order_and_step_persisted_atomically(store: Store) -> None:
     agent_id = await make_agent(store)
-    run = await store.create_run(
-        make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])]
+    run = await insert_run(
+        store, make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])]
     )
     step = Step(
         id=new_id("step"),
@@ -128,7 +138,7 @@ async def test_history_in_order_and_step_persisted_atomically(store: Store) -> N
 
 async def test_first_decision_wins_and_batches_are_all_or_nothing(store: Store) -> None:
     agent_id = await make_agent(store)
-    run = await store.create_run(make_run(agent_id, status="awaiting_approval"))
+    run = await insert_run(store, make_run(agent_id, status="awaiting_approval"))
     for i, call in enumerate(["a", "b"]):
         await store.persist_step(
             Step(
@@ -169,7 +179,7 @@ async def test_first_decision_wins_and_batches_are_all_or_nothing(store: Store) 
 
 async def test_compare_and_set_status(store: Store) -> None:
     agent_id = await make_agent(store)
-    run = await store.create_run(make_run(agent_id, status="awaiting_approval"))
+    run = await insert_run(store, make_run(agent_id, status="awaiting_approval"))
     results = await asyncio.gather(
         *(store.transition_run(run.id, "awaiting_approval", "running") for _ in range(5))
     )
@@ -178,8 +188,8 @@ async def test_compare_and_set_status(store: Store) -> None:
 
 async def test_delete_agent_removes_its_rows(store: Store) -> None:
     agent_id = await make_agent(store)
-    run = await store.create_run(
-        make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])]
+    run = await insert_run(
+        store, make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])]
     )
     assert await store.delete_agent(agent_id)
     assert await store.get_run(run.id) is None and await store.history(agent_id) == []
