@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.codec import encode_event, encode_goodbye
 from protocol.codes import CloseCode
+from protocol.runs import TERMINAL_STATUSES
 
 log = logging.getLogger("gateway.ws")
 
@@ -39,9 +40,11 @@ class Connection:
         "_wake",
         "close_code",
         "close_reason",
+        "finished",
         "id",
         "limit",
         "max_bytes",
+        "on_finished",
         "outbox",
         "pending_bytes",
         "principal",
@@ -61,6 +64,11 @@ class Connection:
         self.pending_bytes = 0
         self._wake = asyncio.Event()
         self.subscriptions: set[str] = set()
+        # Runs whose terminal event was queued: their subscription ends once the writer has
+        # passed it (`on_finished` detaches from the broker), so a long-lived connection that
+        # starts run after run never accumulates finished subscriptions.
+        self.finished: list[str] = []
+        self.on_finished: Callable[[str], None] | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self._closed = False
@@ -90,6 +98,8 @@ class Connection:
                 self.pending_bytes += len(frame)
             if len(page) < REPLAY_PAGE:
                 del self.replays[run_id]
+                if page and _is_terminal(page[-1][2]):
+                    self.finished.append(run_id)
             else:
                 cursor[0] = page[-1][0]
 
@@ -105,6 +115,8 @@ class Connection:
             return
         self.outbox.append((frame, run_id, seq, seq, event))
         self.pending_bytes += len(frame)
+        if _is_terminal(event):
+            self.finished.append(run_id)
         self._wake.set()
 
     def reply(self, frame: bytes | str) -> None:
@@ -172,6 +184,8 @@ class Connection:
                     self.pending_bytes -= len(frame)
                     await send({"type": "websocket.send", "text": frame})
                     outbox = self.outbox
+                if self.finished:
+                    self._end_finished()
                 if self.close_code is not None:
                     await self._send_close()
                     return
@@ -180,6 +194,16 @@ class Connection:
             raise
         except Exception:  # the client went away mid-send (ClientDisconnected, OSError...)
             self._closed = True
+
+    def _end_finished(self) -> None:
+        """End the subscriptions whose terminal event was written. A run that is replaying
+        again (resubscribed since) is left alone: its replay re-reports the end."""
+        finished, self.finished = self.finished, []
+        for run_id in finished:
+            if run_id not in self.replays and run_id in self.subscriptions:
+                self.subscriptions.discard(run_id)
+                if self.on_finished is not None:
+                    self.on_finished(run_id)
 
     async def _send_close(self) -> None:
         if self._closed:
@@ -197,3 +221,11 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _is_terminal(event: dict[str, Any] | None) -> bool:
+    return (
+        event is not None
+        and event.get("message_type") == "run_status"
+        and event.get("status") in TERMINAL_STATUSES
+    )

@@ -31,6 +31,7 @@ class Dispatcher:
         self.gateway = gateway
         self.conn = conn
         self.greeted = False
+        conn.on_finished = self._finished
         self.handlers: dict[str, Handler] = {
             "hello": self.hello,
             "run.start": self.run_start,
@@ -74,6 +75,10 @@ class Dispatcher:
         if result is not None:
             conn.reply(encode_ack(command.id, result))
         return True
+
+    def _finished(self, run_id: str) -> None:
+        """The writer passed `run_id`'s terminal event: nothing more will come."""
+        self.gateway.broker.detach(run_id, self.conn)
 
     def detach_all(self) -> None:
         for run_id in list(self.conn.subscriptions):

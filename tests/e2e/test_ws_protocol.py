@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.harness import REST, GatewayThread, WSClient
+from tests.harness import REST, GatewayThread, WSClient, events_of
 
 
 async def closed_with(ws: WSClient, timeout: float = 5) -> int | None:
@@ -118,10 +119,50 @@ async def test_too_many_subscriptions(server: GatewayThread, rest: REST) -> None
     ws = await WSClient.open(server.ws_url)
     a = await rest.agent(name="a")
     b = await rest.agent(name="b")
-    await ws.start_run(a["id"], "hi")
+    running = await ws.start_run(a["id"], "Write 200 words please [[tps:20]]")
     reply = await ws.request("run.start", agent_id=b["id"], messages=[{"role": "user", "content": "hi"}])
     assert reply["error"]["code"] == "too_many_subscriptions"
+    assert "at most 1 runs" in reply["error"]["message"]
+    # Nothing was started for the refused request, and the running run is still followed.
+    assert (await ws.request("run.cancel", run_id=running))["type"] == "ack"
+    await ws.finish(running)
     await ws.close()
+
+
+async def test_finished_runs_end_their_subscription(server: GatewayThread, rest: REST) -> None:
+    """A connection that starts run after run never fills up with finished subscriptions: a
+    subscription ends once the run's terminal event is written, live or replayed."""
+    server.gateway.settings.max_subscriptions = 2
+    broker = server.gateway.broker
+    ws = await WSClient.open(server.ws_url)
+    agent = await rest.agent(name="a")
+    runs = []
+    for i in range(5):
+        frames = await ws.run(agent["id"], f"say hi {i}")
+        assert events_of(frames)[-1]["status"] == "completed"
+        runs.append(frames[0]["run_id"])
+    # Each finished log lets go of this connection (so it can be swept).
+    for _ in range(50):
+        if not any(ws_sinks(broker, r) for r in runs):
+            break
+        await asyncio.sleep(0.02)
+    assert not any(ws_sinks(broker, r) for r in runs)
+    # Resubscribing to finished runs replays each in full and ends again.
+    for run_id in runs:
+        ws.frames.clear()
+        ws.events.pop(run_id)
+        reply = await ws.request("run.subscribe", run_id=run_id, after=0)
+        assert reply["result"]["recovered"] is True
+        frames = await ws.finish(run_id)
+        assert [f["seq"] for f in frames] == list(range(1, reply["result"]["last_seq"] + 1))
+    frames = await ws.run(agent["id"], "one more")
+    assert events_of(frames)[-1]["status"] == "completed"
+    await ws.close()
+
+
+def ws_sinks(broker: Any, run_id: str) -> list[Any]:
+    log = broker.logs.get(run_id)
+    return [] if log is None else list(log.sinks)
 
 
 async def test_replies_precede_events_and_ping_works_midrun(rest: REST, ws: WSClient) -> None:
