@@ -6,19 +6,24 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, foreign keys and a busy timeout."""
+def create_engine(url: str) -> AsyncEngine | Engine:
+    """PostgreSQL: an async engine (asyncpg). SQLite (`sqlite://` or `sqlite+aiosqlite://`,
+    same file): a plain engine on the standard `sqlite3` driver, which the store runs inline on
+    the event loop (see `gateway.store.store`); WAL, foreign keys and a busy timeout for
+    other processes sharing the file."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        sync_url = make_url(url).set(drivername="sqlite")
+        engine = create_sync_engine(sync_url, connect_args={"timeout": 30, "check_same_thread": False})
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -37,7 +42,11 @@ def alembic_config(connection: Connection) -> Config:
     return cfg
 
 
-async def migrate(engine: AsyncEngine) -> None:
+async def migrate(engine: AsyncEngine | Engine) -> None:
     """Bring the schema to the newest revision (idempotent)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "head"))
+    if isinstance(engine, AsyncEngine):
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "head"))
+    else:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")

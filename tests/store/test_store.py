@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.store import Approval, Message, Run, Step, Store, new_id, now_iso
 
@@ -41,10 +42,13 @@ def make_run(agent_id: str, key: str | None = None, status: str = "running") -> 
 
 async def insert_run(store: Store, run: Run, messages: list[Message] | None = None) -> Run:
     """Test set-up: a run row (and its inputs) written directly, as admit_run would."""
-    async with store.session.begin() as s:
+
+    def tx(s: Session) -> None:
         s.add(run)
-        await s.flush()
+        s.flush()
         s.add_all(messages or [])
+
+    await store.transaction(tx)
     return run
 
 
