@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway import __version__
-from gateway.config import Settings
+from gateway.config import Settings, SettingsError
 
 
 class GatewayServer(uvicorn.Server):
@@ -103,7 +103,11 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     raise_fd_limit()
-    settings = Settings()
+    try:
+        settings = Settings()
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     settings.host = args.host
     settings.port = args.port
     if args.data_dir:

@@ -11,14 +11,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable and says why."""
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+LLM_HTTP_BACKENDS = ("aiohttp", "httpx")
+
+
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    raw = (os.environ.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 @dataclass(slots=True)
@@ -54,6 +78,9 @@ class Settings:
     shutdown_grace_s: float = field(default_factory=lambda: _env_float("GATEWAY_SHUTDOWN_GRACE_S", 10.0))
     default_max_steps: int = 50
     auth_token: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_AUTH_TOKEN") or None)
+    # The SDK's HTTP backend for model requests: aiohttp (default; about half the CPU per
+    # streamed chunk) or httpx (the SDK's own default).
+    llm_http: str = field(default_factory=lambda: _env_choice("GATEWAY_LLM_HTTP", LLM_HTTP_BACKENDS))
 
     def resolved_database_url(self) -> str:
         if self.database_url:

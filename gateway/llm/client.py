@@ -5,6 +5,11 @@ the interpreter (the SDK's own per-event model building is the hot path's larges
 An agent's `model` handle is Letta's `provider/name`: `anthropic/<model>` goes to Anthropic
 (or `ANTHROPIC_BASE_URL`) when an API key is set, otherwise to the built-in offline model;
 `offline/<name>` always goes to the offline model. Both are plain HTTP through the SDK.
+
+The SDK's HTTP backend is its official aiohttp one (`anthropic[aiohttp]`,
+`DefaultAioHttpClient`) unless `GATEWAY_LLM_HTTP=httpx`: aiohttp's C parser reads a streamed
+body for about half the CPU per chunk of httpx2's pure-Python stack (httpcore, h11, anyio),
+which is most of what a paced token costs the gateway (bench: `make bench`).
 """
 
 from __future__ import annotations
@@ -34,16 +39,21 @@ def parse_handle(handle: str) -> tuple[str, str]:
     return provider, name
 
 
+def make_client(api_key: str, base_url: str | None, retries: int, backend: str) -> anthropic.AsyncAnthropic:
+    http_client = anthropic.DefaultAioHttpClient() if backend == "aiohttp" else None
+    return anthropic.AsyncAnthropic(
+        api_key=api_key, base_url=base_url, max_retries=retries, http_client=http_client
+    )
+
+
 class ModelRouter:
     def __init__(self, settings: Settings) -> None:
         retries = int(os.environ.get("GATEWAY_LLM_MAX_RETRIES", "2"))
-        self.offline = anthropic.AsyncAnthropic(
-            api_key="offline", base_url=settings.resolved_offline_url(), max_retries=retries
-        )
+        self.offline = make_client("offline", settings.resolved_offline_url(), retries, settings.llm_http)
         self.real: anthropic.AsyncAnthropic | None = None
         if settings.anthropic_api_key:
-            self.real = anthropic.AsyncAnthropic(
-                api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, max_retries=retries
+            self.real = make_client(
+                settings.anthropic_api_key, settings.anthropic_base_url, retries, settings.llm_http
             )
 
     @staticmethod
