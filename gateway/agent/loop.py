@@ -69,6 +69,9 @@ class ActiveRun:
     agent: Agent | None = None
     tools: list[Tool] | None = None
     history: list[Message] | None = None  # prefetched for the first step only
+    # The last step's rows when it ended the run: written by `finish` in the same transaction
+    # as the terminal status (one commit fewer per run).
+    last_step: tuple[Step, list[Message]] | None = None
 
     def request_cancel(self, mode: str) -> None:
         if mode == "immediate" or self.cancel_mode == "immediate":
@@ -271,11 +274,11 @@ class Executor:
 
         tools_by_name = {t.name: t for t in tools}
         plans = [self._plan(agent, tools_by_name, c) for c in out.tool_calls]
+        if not plans:  # the run ends here: `finish` persists this step with the end
+            step, messages, _ = self._step_rows(run, step_id, message_id, out, plans)
+            run.last_step = (step, messages)
+            return Stop("refusal" if out.stop_reason == "refusal" else "end_turn")
         await self._persist_step(run, step_id, message_id, out, plans)
-        if not plans:
-            if out.stop_reason == "refusal":
-                return Stop("refusal")
-            return Stop("end_turn")
         waiting = [p for p in plans if p.needs_approval]
         now = [p for p in plans if not p.needs_approval]
         if now:
@@ -312,6 +315,16 @@ class Executor:
     async def _persist_step(
         self, run: ActiveRun, step_id: str, message_id: str, out: StepOutput, plans: list[PlannedCall]
     ) -> None:
+        step, messages, approvals = self._step_rows(run, step_id, message_id, out, plans)
+        await self.store.persist_step(
+            step, messages, run.run_id, {"step_count": run.step_count, "usage": dict(run.usage)}, approvals
+        )
+
+    def _step_rows(
+        self, run: ActiveRun, step_id: str, message_id: str, out: StepOutput, plans: list[PlannedCall]
+    ) -> tuple[Step, list[Message], list[Approval]]:
+        """A step's usage row, its assistant message (if it said anything) and the approvals
+        its calls wait for."""
         messages = []
         if out.content:
             meta = [{"otid": otid} for otid in out.block_otids]
@@ -356,9 +369,7 @@ class Executor:
             },
             created_at=now_iso(),
         )
-        await self.store.persist_step(
-            step, messages, run.run_id, {"step_count": run.step_count, "usage": dict(run.usage)}, approvals
-        )
+        return step, messages, approvals
 
     async def _answer_calls(
         self, run: ActiveRun, step_id: str, plans: list[PlannedCall], approval_ids: list[str]
@@ -495,6 +506,7 @@ class Executor:
         error = None
         if failing:
             error = {"error_type": stop.error_type or stop.reason, "message": stop.message or stop.reason}
+        last_step, run.last_step = run.last_step, None
         queued_next = await self.store.finish_run(
             run.run_id,
             run.agent_id,
@@ -507,6 +519,7 @@ class Executor:
                 "last_seq": last_seq,
                 "error": error,
             },
+            last_step,
         )
         run.status = status.value
         if failing:

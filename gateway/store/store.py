@@ -485,11 +485,23 @@ class Store:
                 raise
             return Admission(agent=await self.get_agent(agent_id), run=existing, created=False)
 
-    async def finish_run(self, run_id: str, agent_id: str, fields: dict[str, Any]) -> bool:
-        """A run's terminal state and the release of its agent, in one transaction. Returns
-        whether the agent has a queued run waiting (so the caller only then looks for it)."""
+    async def finish_run(
+        self,
+        run_id: str,
+        agent_id: str,
+        fields: dict[str, Any],
+        last_step: tuple[Step, list[Message]] | None = None,
+    ) -> bool:
+        """A run's terminal state and the release of its agent, in one transaction, with the
+        rows of the step that ended it (`last_step`: its usage row and messages), if not yet
+        written. Returns whether the agent has a queued run waiting (so the caller only then
+        looks for it)."""
 
         def tx(s: Session) -> bool:
+            if last_step is not None:
+                s.add(last_step[0])
+                s.add_all(last_step[1])
+                s.flush()
             s.execute(update(Run).where(Run.id == run_id).values(**fields))
             s.execute(
                 update(Agent)

@@ -134,12 +134,18 @@ async def test_cancel_by_agent_mid_stream(server: GatewayThread, rest: REST) -> 
     agent = await rest.agent(name="a", tool_ids=[tool["id"]])
 
     async def cancel_soon() -> dict:
-        await asyncio.sleep(0.3)
+        # Once the run is running (its tool call streams at 10 tokens/s for about a second).
+        params = {"agent_id": agent["id"], "statuses": "running"}
+        for _ in range(200):
+            if (await rest.http.get("/v1/runs/", params=params)).json():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
         return (await rest.http.post(f"/v1/agents/{agent['id']}/messages/cancel")).json()
 
     canceller = asyncio.ensure_future(cancel_soon())
     events = await read_sse(
-        rest, f"/v1/agents/{agent['id']}/messages/stream", body("[[tps:20]] " + ROLL, stream_tokens=True)
+        rest, f"/v1/agents/{agent['id']}/messages/stream", body("[[tps:10]] " + ROLL, stream_tokens=True)
     )
     cancelled = await canceller
     assert list(cancelled.values()) == ["cancelling"]
