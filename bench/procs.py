@@ -71,6 +71,18 @@ def python_path(env: dict[str, str]) -> str:
     return os.pathsep.join([*parts, str(ROOT), env.get("PYTHONPATH", "")])
 
 
+LLM_HTTP_BACKENDS = ("aiohttp", "httpx")
+
+
+def llm_http() -> str:
+    """The SDK HTTP backend (`GATEWAY_LLM_HTTP`, default aiohttp) that the gateway and the SDK
+    floor are both started with: this process's environment is otherwise not passed on."""
+    name = (os.environ.get("GATEWAY_LLM_HTTP") or LLM_HTTP_BACKENDS[0]).strip().lower()
+    if name not in LLM_HTTP_BACKENDS:
+        raise SystemExit(f"GATEWAY_LLM_HTTP must be one of {', '.join(LLM_HTTP_BACKENDS)}, got {name!r}")
+    return name
+
+
 def tree_state() -> dict[str, Any]:
     """The commit of this work tree and whether gateway/ or protocol/ differ from it."""
 
@@ -205,7 +217,11 @@ def start_gateway(workdir: Path, upstream_port: int, *, profile: Path | None = N
             "gateway.cli",
             *args,
         ]
-    env = {"GATEWAY_OFFLINE_URL": f"http://{HOST}:{upstream_port}", "GATEWAY_LLM_MAX_RETRIES": "0"}
+    env = {
+        "GATEWAY_OFFLINE_URL": f"http://{HOST}:{upstream_port}",
+        "GATEWAY_LLM_MAX_RETRIES": "0",
+        "GATEWAY_LLM_HTTP": llm_http(),  # the same backend as the SDK floor's
+    }
     return spawn("gateway", argv, port, workdir, env)
 
 
@@ -244,6 +260,7 @@ class SdkWorker:
     def __init__(self, model_url: str, workdir: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GATEWAY_"))}
         env["PYTHONPATH"] = python_path(env)
+        env["GATEWAY_LLM_HTTP"] = llm_http()  # the same backend as the gateway's
         self.log = workdir / "sdkfloor.log"
         with self.log.open("wb") as err:
             self.popen = subprocess.Popen(

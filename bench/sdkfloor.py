@@ -12,7 +12,9 @@ from `resource.getrusage`) over the streaming phase, the events and text deltas 
 With `--cancel K` it instead opens K paced streams one after another, closes each after its
 fifth delta, and reports the close times (wall-clock ns) by nonce, so that the offline model's
 tap can tell how long the close took to reach it (the floor of "cancel -> upstream closed").
-Runs on uvloop, as the gateway does.
+Runs on uvloop, as the gateway does, and on the SDK HTTP backend the gateway is measured with
+(`GATEWAY_LLM_HTTP`: `aiohttp`, the default, is the SDK's `DefaultAioHttpClient`; `httpx` is
+the SDK's default stack), so the floor is the SDK at its best configuration.
 """
 
 from __future__ import annotations
@@ -22,9 +24,29 @@ import asyncio
 import os
 import resource
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    import anthropic
+
+BACKENDS = ("aiohttp", "httpx")
+
+
+def backend() -> str:
+    """The SDK HTTP backend from `GATEWAY_LLM_HTTP` (default aiohttp), as the gateway reads it."""
+    name = (os.environ.get("GATEWAY_LLM_HTTP") or BACKENDS[0]).strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"GATEWAY_LLM_HTTP must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
+def make_client(url: str) -> anthropic.AsyncAnthropic:
+    import anthropic
+
+    http_client = anthropic.DefaultAioHttpClient() if backend() == "aiohttp" else None
+    return anthropic.AsyncAnthropic(api_key="offline", base_url=url, max_retries=0, http_client=http_client)
 
 
 def cpu_seconds() -> float:
@@ -33,9 +55,16 @@ def cpu_seconds() -> float:
 
 
 async def run(url: str, concurrency: int, runs: int, words: int, tps: float = 0.0) -> dict[str, Any]:
-    import anthropic
+    client = make_client(url)
+    try:
+        return await _run(client, concurrency, runs, words, tps)
+    finally:
+        await client.close()  # closes the aiohttp session too (no "Unclosed client session")
 
-    client = anthropic.AsyncAnthropic(api_key="offline", base_url=url, max_retries=0)
+
+async def _run(
+    client: anthropic.AsyncAnthropic, concurrency: int, runs: int, words: int, tps: float
+) -> dict[str, Any]:
     events = 0
     deltas = 0
 
@@ -70,14 +99,18 @@ async def run(url: str, concurrency: int, runs: int, words: int, tps: float = 0.
     await asyncio.wait_for(asyncio.gather(*(limited(i) for i in range(runs))), timeout=600)
     cpu = cpu_seconds() - cpu
     wall = time.perf_counter() - wall
-    await client.close()
     return {"cpu_s": cpu, "wall_s": wall, "events": events, "deltas": deltas, "runs": runs}
 
 
 async def cancel(url: str, count: int) -> dict[str, Any]:
-    import anthropic
+    client = make_client(url)
+    try:
+        return await _cancel(client, count)
+    finally:
+        await client.close()
 
-    client = anthropic.AsyncAnthropic(api_key="offline", base_url=url, max_retries=0)
+
+async def _cancel(client: anthropic.AsyncAnthropic, count: int) -> dict[str, Any]:
     closed: dict[str, int] = {}
     for i in range(count):
         nonce = f"{os.getpid():x}c{i:06x}"
@@ -96,7 +129,6 @@ async def cancel(url: str, count: int) -> dict[str, Any]:
         closed[nonce] = time.time_ns()
         await stream.close()
         await asyncio.sleep(0.02)
-    await client.close()
     return {"closed": closed}
 
 

@@ -270,6 +270,7 @@ class Suite:
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": self.cfg.as_dict(),
             "source": procs.tree_state(),
+            "llm_http": procs.llm_http(),  # the SDK HTTP backend of the gateway and of floor (a)
             "machine": {
                 "cpus": os.cpu_count(),
                 "python": sys.version.split()[0],
