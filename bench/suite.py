@@ -296,7 +296,9 @@ class Suite:
     async def gateway_cpu(self, level: int, words: int, runs: int, tps: float = 0.0) -> dict[str, Any]:
         """`runs` runs of `words` deltas (unpaced unless `tps`), `level` at a time (one connection each)."""
         per_conn = max(1, runs // level)
-        agents = await self.agents(level, per_conn)
+        # A fresh agent for every run: each request then carries one user message, as the
+        # SDK floor's do (an agent's history grows with each run; see MAX_AGENT_RUNS).
+        agents = await self.agents(level * per_conn, MAX_AGENT_RUNS)  # unused ones, used up
         clients = await open_many(GatewayClient, self.ws_url, level)
         try:
             frames0 = sum(c.frames for c in clients)
@@ -304,9 +306,10 @@ class Suite:
 
             async def drive(i: int, client: GatewayClient) -> list[str]:
                 statuses = []
-                for _ in range(per_conn):
+                for k in range(per_conn):
+                    agent = agents[i * per_conn + k]
                     try:
-                        run_id = await client.start_run(agents[i], words_prompt(words, tps, nonce()))
+                        run_id = await client.start_run(agent, words_prompt(words, tps, nonce()))
                     except RunRefused as exc:
                         statuses.append(f"refused:{exc.code}")
                         continue

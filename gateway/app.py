@@ -5,6 +5,7 @@ pointed elsewhere) the built-in offline model at /offline, reached over HTTP lik
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -104,6 +105,10 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.open()
+        if settings.freeze_gc:
+            gateway.router.warm_up()  # the SDK imports most of itself on first use
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

@@ -120,6 +120,7 @@ def serve(args: argparse.Namespace) -> int:
         settings.offline_tokens_per_second = args.offline_tokens_per_second
     if args.allow_origin:
         settings.allowed_origins = tuple(args.allow_origin)
+    settings.freeze_gc = True
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -81,6 +81,11 @@ class Settings:
     # The SDK's HTTP backend for model requests: aiohttp (default; about half the CPU per
     # streamed chunk) or httpx (the SDK's own default).
     llm_http: str = field(default_factory=lambda: _env_choice("GATEWAY_LLM_HTTP", LLM_HTTP_BACKENDS))
+    # Once started, move every object alive into the collector's permanent generation
+    # (gc.freeze): full collections then scan only what was made since, not the ~10^6
+    # objects of the imported libraries (100+ ms pauses of the event loop otherwise).
+    # `gateway serve` turns it on; an app embedded in another process leaves it to that process.
+    freeze_gc: bool = False
 
     def resolved_database_url(self) -> str:
         if self.database_url:

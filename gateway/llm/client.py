@@ -70,6 +70,14 @@ class ModelRouter:
             return self.real, name
         return self.offline, name
 
+    def warm_up(self) -> None:
+        """Load what the SDK imports lazily on the first request (its resources and request
+        types), so that a start-up `gc.freeze()` covers it."""
+        for client in (self.offline, self.real):
+            if client is not None:
+                _ = client.messages.with_streaming_response.create
+        import anthropic.types  # noqa: F401
+
     async def close(self) -> None:
         await self.offline.close()
         if self.real is not None:

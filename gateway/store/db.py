@@ -28,6 +28,8 @@ def create_engine(url: str) -> AsyncEngine | Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints run off the event loop (Store._checkpoint_wal), not in a commit.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

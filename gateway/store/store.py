@@ -13,6 +13,9 @@ Contention points use conditional UPDATEs, so they are safe across processes too
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +33,9 @@ from gateway.store.models import Agent, Approval, Message, Run, Step, Tool
 ACTIVE_STATUSES = ("running", "awaiting_approval")
 
 T = TypeVar("T")
+CHECKPOINT_EVERY_S = 1.0
+
+log = logging.getLogger("gateway.store")
 
 
 def now_iso() -> str:
@@ -43,6 +49,7 @@ def new_id(prefix: str) -> str:
 class Store:
     def __init__(self, engine: AsyncEngine | Engine) -> None:
         self.engine = engine
+        self._checkpointer: asyncio.Future[None] | None = None
         self._async: async_sessionmaker[Any] | None = None
         self._sync: sessionmaker[Session] | None = None
         if isinstance(engine, AsyncEngine):
@@ -64,13 +71,39 @@ class Store:
     async def open(cls, url: str) -> Store:
         engine = create_engine(url)
         await migrate(engine)
-        return cls(engine)
+        store = cls(engine)
+        if not isinstance(engine, AsyncEngine):
+            store._checkpointer = asyncio.ensure_future(store._checkpoint_wal())
+        return store
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
         else:
+            await asyncio.to_thread(self._checkpoint)
             self.engine.dispose()
+
+    async def _checkpoint_wal(self) -> None:
+        """SQLite: copy the write-ahead log into the database file from a worker thread
+        (PASSIVE: it never waits for, or blocks, readers and writers). The engine turns
+        SQLite's automatic checkpoint off, which would otherwise run, fsync included,
+        inside whichever inline commit crossed the threshold, stalling the event loop."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            try:
+                await asyncio.to_thread(self._checkpoint)
+            except Exception:  # e.g. the disk is full: commits still work; try again later
+                log.warning("SQLite WAL checkpoint failed", exc_info=True)
+
+    def _checkpoint(self) -> None:
+        assert isinstance(self.engine, Engine)
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     @property
     def dialect(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 from pathlib import Path
@@ -190,3 +191,22 @@ async def test_start_refused_while_draining(server: GatewayThread, rest: REST, w
     reply = await ws.request("run.start", agent_id=agent["id"], messages=[{"role": "user", "content": "hi"}])
     assert reply["error"]["code"] == "rate_limited" and reply["error"]["retryable"] is True
     server.gateway.manager.accepting = True
+
+
+async def test_freeze_gc_freezes_after_start_and_runs_still_work(tmp_path: Path) -> None:
+    """`gateway serve` freezes what start-up made (and the SDK's lazily imported modules) so
+    full collections stop scanning the libraries; runs work as before."""
+    gc.unfreeze()
+    server = GatewayThread(tmp_path / "data", freeze_gc=True).start()
+    try:
+        assert gc.get_freeze_count() > 10_000
+        rest = REST(server.url)
+        agent = await rest.agent(name="a")
+        ws = await WSClient.open(server.ws_url)
+        frames = await ws.run(agent["id"], "Reply with the message 'frozen'.")
+        assert events_of(frames)[-1]["status"] == "completed"
+        await ws.close()
+        await rest.close()
+    finally:
+        server.stop()
+        gc.unfreeze()
