@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, event
@@ -14,6 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def _dumps(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns through orjson: the standard library's json was a tenth of a run's store time.
+JSON_CODEC = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
+
+
 def create_engine(url: str) -> AsyncEngine | Engine:
     """PostgreSQL: an async engine (asyncpg). SQLite (`sqlite://` or `sqlite+aiosqlite://`,
     same file): a plain engine on the standard `sqlite3` driver, which the store runs inline on
@@ -21,7 +30,9 @@ def create_engine(url: str) -> AsyncEngine | Engine:
     other processes sharing the file."""
     if url.startswith("sqlite"):
         sync_url = make_url(url).set(drivername="sqlite")
-        engine = create_sync_engine(sync_url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_sync_engine(
+            sync_url, connect_args={"timeout": 30, "check_same_thread": False}, **JSON_CODEC
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -34,7 +45,7 @@ def create_engine(url: str) -> AsyncEngine | Engine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **JSON_CODEC)
 
 
 def alembic_config(connection: Connection) -> Config:

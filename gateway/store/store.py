@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.db import create_engine, migrate
-from gateway.store.models import Agent, Approval, Message, Run, Step, Tool
+from gateway.store.models import Agent, Approval, Base, Message, Run, Step, Tool
 
 ACTIVE_STATUSES = ("running", "awaiting_approval")
 
@@ -44,6 +44,46 @@ def now_iso() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4()}"
+
+
+_NO_DEFAULT = object()
+_COLUMNS: dict[type[Base], list[tuple[str, Any]]] = {}
+
+
+def _columns(cls: type[Base]) -> list[tuple[str, Any]]:
+    """(attribute, scalar default or _NO_DEFAULT) of each column of a mapped class."""
+    cols = _COLUMNS.get(cls)
+    if cols is None:
+        table = cls.__table__
+        assert isinstance(table, Table)
+        cols = [
+            (c.key, c.default.arg if c.default is not None and c.default.is_scalar else _NO_DEFAULT)
+            for c in table.columns
+        ]
+        _COLUMNS[cls] = cols
+    return cols
+
+
+def insert_new(s: Session, objects: Iterable[Base]) -> None:
+    """INSERT new rows given as (transient) ORM objects with one Core statement per table and
+    set of columns, in order of first appearance, without the ORM's unit of work (which costs
+    several times the INSERT itself). As a flush would, unset columns get their scalar
+    defaults on the object too; autoincrement keys are left to the database and unset."""
+    batches: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for obj in objects:
+        values = obj.__dict__
+        row: dict[str, Any] = {}
+        for key, default in _columns(type(obj)):
+            if key in values:
+                row[key] = values[key]
+            elif default is not _NO_DEFAULT:
+                setattr(obj, key, default)
+                row[key] = default
+        table = obj.__table__
+        assert isinstance(table, Table)
+        batches.setdefault((table, tuple(row)), []).append(row)
+    for (table, _), rows in batches.items():
+        s.execute(insert(table), rows)
 
 
 class Store:
@@ -268,7 +308,7 @@ class Store:
 
     async def add_messages(self, messages: Iterable[Message]) -> None:
         def tx(s: Session) -> None:
-            s.add_all(list(messages))
+            insert_new(s, list(messages))
 
         return await self.transaction(tx)
 
@@ -283,9 +323,7 @@ class Store:
         """A step's messages, usage row, run counters and pending approvals, in one transaction."""
 
         def tx(s: Session) -> None:
-            s.add(step)
-            s.add_all(list(messages))
-            s.add_all(list(approvals))
+            insert_new(s, [step, *messages, *approvals])
             if run_fields:
                 s.execute(update(Run).where(Run.id == run_id).values(**run_fields))
 
@@ -398,7 +436,7 @@ class Store:
         """A step's tool results, marking the approvals they answer as resolved, in one transaction."""
 
         def tx(s: Session) -> None:
-            s.add(row)
+            insert_new(s, [row])
             if approval_ids:
                 s.execute(
                     update(Approval)
@@ -497,13 +535,13 @@ class Store:
             if not acquired and not queue_if_busy:
                 return Admission(agent=agent, busy_with=agent.active_run_id)
             run, rows = build(agent, acquired)
-            s.add(run)
-            s.flush()
+            insert_new(s, [run])
             if not acquired:
                 return Admission(agent=agent, run=run, created=True)
-            s.add_all(rows)
-            s.flush()
-            tools = list(s.execute(select(Tool).where(Tool.id.in_(list(agent.tool_ids)))).scalars())
+            insert_new(s, rows)
+            tools = []
+            if agent.tool_ids:
+                tools = list(s.execute(select(Tool).where(Tool.id.in_(list(agent.tool_ids)))).scalars())
             q3 = select(Message).where(Message.agent_id == agent_id).order_by(Message.pos)
             history = list(s.execute(q3).scalars())
             return Admission(agent=agent, run=run, created=True, started=True, tools=tools, history=history)
@@ -532,9 +570,7 @@ class Store:
 
         def tx(s: Session) -> bool:
             if last_step is not None:
-                s.add(last_step[0])
-                s.add_all(last_step[1])
-                s.flush()
+                insert_new(s, [last_step[0], *last_step[1]])
             s.execute(update(Run).where(Run.id == run_id).values(**fields))
             s.execute(
                 update(Agent)

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.store import Approval, Message, Run, Step, Store, new_id, now_iso
+from gateway.store.store import insert_new
 
 
 async def make_agent(store: Store) -> str:
@@ -250,3 +251,27 @@ async def test_admit_run_races(store: Store) -> None:
     assert len({a.run.id for a in outcomes}) == 1 and sum(a.created for a in outcomes) == 1
     holder = (await store.get_agent(other)).active_run_id
     assert holder == outcomes[0].run.id, "a repeated key gave its claim back"
+
+
+async def test_insert_new_fills_defaults_and_keeps_order(store: Store) -> None:
+    """The Core insert used on the hot path behaves like an ORM flush for new rows: rows with
+    different sets of columns, scalar defaults applied to the objects, keys from the database."""
+    agent_id = await make_agent(store)
+    first = message(agent_id, "run-x", "user", [{"type": "text", "text": "one"}])
+    second = Message(
+        id=new_id("message"),
+        agent_id=agent_id,
+        run_id="run-x",
+        step_id=None,
+        role="assistant",
+        content=[{"type": "text", "text": "two", "n": {1: "int keys survive"}}],
+        meta=[],
+        created_at=now_iso(),
+    )  # `partial` left unset: its default applies
+    await store.transaction(lambda s: insert_new(s, [first, second]))
+    assert second.partial is False
+    rows = await store.history(agent_id)
+    assert [r.id for r in rows] == [first.id, second.id]
+    assert rows[0].pos < rows[1].pos
+    assert rows[1].partial is False
+    assert rows[1].content == [{"type": "text", "text": "two", "n": {"1": "int keys survive"}}]
