@@ -25,7 +25,16 @@ from pathlib import Path
 from bench.config import CONFIGS
 from bench.report import RESULTS, write
 
-FIGURES = ("cpu_per_delta", "latency", "max_paced_runs", "cancel", "resume", "fanout", "idle_rss")
+FIGURES = (
+    "cpu_per_delta",
+    "latency",
+    "max_paced_runs",
+    "cancel",
+    "first_token",
+    "resume",
+    "fanout",
+    "idle_rss",
+)
 
 
 def log(message: str) -> None:

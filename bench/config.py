@@ -15,6 +15,7 @@ class Targets:
     max_runs: int = 500  # paced runs one process carries with p99 under search_p99_ms
     idle_kb: float = 50.0  # RSS per idle connection
     cancel_p99_ms: float = 50.0  # cancel frame -> terminal run_status
+    first_token_ms: float = 5.0  # run.start -> first delta, one run at a time (p50)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Config:
     # Cancel: runs paced at lat_tps, each cancelled after a few deltas.
     cancel_runs: int = 40
     cancel_spread_s: float = 3.0  # the runs start (and are cancelled) spread over this time
+    # First token: runs of one word, one at a time.
+    first_token_runs: int = 100
     # Resume: a finished run of `resume_events` events, replayed to a fresh subscriber.
     resume_events: int = 10_000
     resume_reps: int = 5
@@ -93,6 +96,7 @@ QUICK = Config(
     search_levels=(50, 100, 200),
     search_window_s=2.0,
     cancel_runs=10,
+    first_token_runs=30,
     cancel_spread_s=1.0,
     resume_events=2000,
     resume_reps=3,
@@ -125,6 +129,7 @@ TINY = Config(
     search_levels=(4,),
     search_window_s=0.4,
     cancel_runs=3,
+    first_token_runs=5,
     cancel_spread_s=0.2,
     resume_events=200,
     resume_reps=1,

@@ -237,6 +237,23 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
                     noise=noise,
                 )
             )
+    first = figs.get("first_token")
+    if first:
+        noise = others(first.get("load"))
+        for q in ("p50", "p99"):
+            rows.append(
+                _row(
+                    f"First token, one run at a time: run.start -> first delta {q}",
+                    first["gateway"][q],
+                    first["sdk"][q],
+                    unit="ms",
+                    baseline_name="SDK alone: create() -> first delta, same model",
+                    digits=2,
+                    target=f"< {targets['first_token_ms']:g} ms" if q == "p50" else "-",
+                    met=(first["gateway"][q] < targets["first_token_ms"]) if q == "p50" else None,
+                    noise=noise,
+                )
+            )
     resume = figs.get("resume")
     if resume:
         rows.append(
@@ -405,6 +422,8 @@ def loads(results: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
         out.append((f"latency, {level} paced runs, plain ws (rep 1)", r["reps"][0]["plain"]["load"]))
     if "cancel" in figs:
         out.append(("cancel", figs["cancel"]["load"]))
+    if "first_token" in figs:
+        out.append(("first token", figs["first_token"]["load"]))
     if "fanout" in figs:
         out.append(("fan-out, gateway (rep 1)", figs["fanout"]["reps"][0]["gateway"]["load"]))
     return out

@@ -132,6 +132,31 @@ async def _cancel(client: anthropic.AsyncAnthropic, count: int) -> dict[str, Any
     return {"closed": closed}
 
 
+async def first_token(url: str, count: int) -> dict[str, Any]:
+    """`count` one-word requests one after another: wall ms from calling `create` to the first
+    content_block_delta (the model's and the SDK's own share of a gateway's first token)."""
+    client = make_client(url)
+    try:
+        times: list[float] = []
+        for i in range(count + 3):  # the first three warm up
+            t0 = time.perf_counter()
+            stream = await client.messages.create(
+                model="bench",
+                max_tokens=4096,
+                messages=[{"role": "user", "content": f"Write 1 words please bench-{os.getpid():x}f{i:06x}"}],
+                stream=True,
+            )
+            first = None
+            async for event in stream:
+                if first is None and event.type == "content_block_delta":
+                    first = (time.perf_counter() - t0) * 1e3
+            if i >= 3 and first is not None:
+                times.append(first)
+        return {"first_token_ms": times}
+    finally:
+        await client.close()
+
+
 async def serve(url: str) -> None:
     """Answer jobs from stdin, one JSON line each, until EOF."""
     import sys
@@ -145,6 +170,8 @@ async def serve(url: str) -> None:
         try:
             if job.get("cancel"):
                 result = await cancel(url, int(job["cancel"]))
+            elif job.get("first_token"):
+                result = await first_token(url, int(job["first_token"]))
             else:
                 result = await run(
                     url,

@@ -233,6 +233,7 @@ class Suite:
             ("latency", self.fig_latency),
             ("max_paced_runs", self.fig_search),
             ("cancel", self.fig_cancel),
+            ("first_token", self.fig_first_token),
             ("resume", self.fig_resume),
             ("fanout", self.fig_fanout),
             ("idle_rss", self.fig_idle),
@@ -878,6 +879,41 @@ class Suite:
             f"p99 {out['to_upstream_closed']['p99']:.2f}; "
             f"plain rtt p99 {out['baseline_round_trip']['p99']:.2f}; "
             f"sdk close p99 {out['baseline_sdk_close']['p99']:.2f}"
+        )
+        return out
+
+    # -- first token -------------------------------------------------------------------------
+
+    async def fig_first_token(self) -> dict[str, Any]:
+        """Runs of one word, one at a time on one connection, each on a fresh agent: from
+        sending run.start to the first assistant delta arriving. Baseline: the SDK alone,
+        from calling create() to its first content_block_delta (the model's own share)."""
+        n = self.cfg.first_token_runs
+        agents = await self.agents(n + 3, MAX_AGENT_RUNS)
+        client = await GatewayClient.open(self.ws_url)
+        times: list[float] = []
+        try:
+            with Window(self) as w:
+                for i, agent in enumerate(agents):
+                    sent = time.time_ns()
+                    run_id = await client.start_run(agent, words_prompt(1, 0, nonce()))
+                    trace = await client.wait_run(run_id, 60)
+                    if i >= 3 and trace.deltas:  # the first three warm up
+                        times.append((trace.deltas[0][0] - sent) / 1e6)
+        finally:
+            await client.close()
+        assert self.sdk is not None
+        sdk = await asyncio.to_thread(self.sdk.job, {"first_token": n}, 300)
+        out = {
+            "unit": "ms",
+            "runs": n,
+            "gateway": summary(times),
+            "sdk": summary(sdk["first_token_ms"]),
+            "load": w.load(),
+        }
+        self.log(
+            f"  first token: gateway p50 {out['gateway']['p50']:.2f} p99 {out['gateway']['p99']:.2f} ms; "
+            f"sdk alone p50 {out['sdk']['p50']:.2f} p99 {out['sdk']['p99']:.2f} ms"
         )
         return out
 

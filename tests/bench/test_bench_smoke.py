@@ -16,7 +16,16 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {"cpu_per_delta", "latency", "max_paced_runs", "cancel", "resume", "fanout", "idle_rss"}
+FIGURES = {
+    "cpu_per_delta",
+    "latency",
+    "max_paced_runs",
+    "cancel",
+    "first_token",
+    "resume",
+    "fanout",
+    "idle_rss",
+}
 
 
 @pytest.mark.timeout(180)
@@ -61,6 +70,9 @@ def test_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     assert figures["cpu_per_delta"]["levels"]["2"]["reps"][0]["gateway"]["completed"] == 4
     assert figures["latency"]["levels"]["4"]["reps"][0]["gateway"]["n"] > 0
     assert figures["cancel"]["cancelled"] == 3
+    first = figures["first_token"]
+    assert first["runs"] == 5 and first["gateway"]["n"] == 5 and first["sdk"]["n"] == 5
+    assert 0 < first["sdk"]["p50"] and 0 < first["gateway"]["p50"]
     assert figures["resume"]["events"] == 200
     assert (tmp_path / "latest.md").read_text().count("\n| ") >= len(rows)
     for plot in ("latency_vs_concurrency.png", "cpu_per_delta_vs_concurrency.png"):
