@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +34,7 @@ ACTIVE_STATUSES = ("running", "awaiting_approval")
 
 T = TypeVar("T")
 CHECKPOINT_EVERY_S = 1.0
+HISTORY_CACHE_AGENTS = 1024
 
 log = logging.getLogger("gateway.store")
 
@@ -90,6 +91,8 @@ class Store:
     def __init__(self, engine: AsyncEngine | Engine) -> None:
         self.engine = engine
         self._checkpointer: asyncio.Future[None] | None = None
+        # agent id -> (its messages in order, the last one's pos), most recently used last.
+        self._histories: dict[str, tuple[list[Message], int]] = {}
         self._async: async_sessionmaker[Any] | None = None
         self._sync: sessionmaker[Session] | None = None
         if isinstance(engine, AsyncEngine):
@@ -225,6 +228,8 @@ class Store:
         return await self.transaction(tx)
 
     async def delete_agent(self, agent_id: str) -> bool:
+        self._histories.pop(agent_id, None)
+
         def tx(s: Session) -> bool:
             s.execute(delete(Message).where(Message.agent_id == agent_id))
             run_ids = select(Run.id).where(Run.agent_id == agent_id)
@@ -330,11 +335,42 @@ class Store:
         return await self.transaction(tx)
 
     async def history(self, agent_id: str) -> list[Message]:
-        def tx(s: Session) -> list[Message]:
-            q = select(Message).where(Message.agent_id == agent_id).order_by(Message.pos)
-            return list(s.execute(q).scalars())
+        return await self.transaction(self._history_in, agent_id)
 
-        return await self.transaction(tx)
+    def _history_in(self, s: Session, agent_id: str) -> list[Message]:
+        """The agent's messages in order. Messages are append-only, so the rows read last
+        time are kept (per agent, for the most recently used agents) and only the rows after
+        them are read; a count of the agent's rows checks that nothing else changed (a row
+        committed late with a lower position, the agent deleted), and reads all of them if so.
+        The cached rows are detached and shared: read-only."""
+        cached = self._histories.get(agent_id)
+        if cached is not None:
+            rows, last_pos = cached
+            q = (
+                select(Message)
+                .where(Message.agent_id == agent_id, Message.pos > last_pos)
+                .order_by(Message.pos)
+            )
+            new = list(s.execute(q).scalars())
+            total = s.execute(
+                select(func.count()).select_from(Message).where(Message.agent_id == agent_id)
+            ).scalar_one()
+            if total == len(rows) + len(new):
+                history = rows + new
+                self._remember(agent_id, history)
+                return history
+        q = select(Message).where(Message.agent_id == agent_id).order_by(Message.pos)
+        history = list(s.execute(q).scalars())
+        self._remember(agent_id, history)
+        return history
+
+    def _remember(self, agent_id: str, history: list[Message]) -> None:
+        histories = self._histories
+        histories.pop(agent_id, None)
+        if history:
+            histories[agent_id] = (history, history[-1].pos)
+            if len(histories) > HISTORY_CACHE_AGENTS:
+                del histories[next(iter(histories))]
 
     async def list_messages(
         self,
@@ -542,8 +578,7 @@ class Store:
             tools = []
             if agent.tool_ids:
                 tools = list(s.execute(select(Tool).where(Tool.id.in_(list(agent.tool_ids)))).scalars())
-            q3 = select(Message).where(Message.agent_id == agent_id).order_by(Message.pos)
-            history = list(s.execute(q3).scalars())
+            history = self._history_in(s, agent_id)
             return Admission(agent=agent, run=run, created=True, started=True, tools=tools, history=history)
 
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -275,3 +276,32 @@ async def test_insert_new_fills_defaults_and_keeps_order(store: Store) -> None:
     assert rows[0].pos < rows[1].pos
     assert rows[1].partial is False
     assert rows[1].content == [{"type": "text", "text": "two", "n": {"1": "int keys survive"}}]
+
+
+async def test_history_reads_only_new_rows_and_notices_other_changes(store: Store) -> None:
+    """history() keeps the rows it read and then reads only the later ones; anything else
+    (here a row removed behind its back) is noticed by the row count and read afresh."""
+    agent_id = await make_agent(store)
+    await store.add_messages([message(agent_id, "r1", "user", [{"type": "text", "text": "a"}])])
+    first = await store.history(agent_id)
+    await store.add_messages([message(agent_id, "r1", "assistant", [{"type": "text", "text": "b"}])])
+    second = await store.history(agent_id)
+    assert second[0] is first[0], "the earlier row was not read again"
+    assert [m.content[0]["text"] for m in second] == ["a", "b"]
+
+    def fresh(s: Session) -> list[str]:
+        q = select(Message.id).where(Message.agent_id == agent_id).order_by(Message.pos)
+        return list(s.execute(q).scalars())
+
+    assert [m.id for m in second] == await store.transaction(fresh)
+
+    def drop_first(s: Session) -> None:
+        s.execute(delete(Message).where(Message.id == second[0].id))
+
+    await store.transaction(drop_first)
+    await store.add_messages([message(agent_id, "r1", "user", [{"type": "text", "text": "c"}])])
+    third = await store.history(agent_id)
+    assert [m.content[0]["text"] for m in third] == ["b", "c"]
+    assert [m.id for m in third] == await store.transaction(fresh)
+    assert await store.delete_agent(agent_id)
+    assert await store.history(agent_id) == []
