@@ -20,9 +20,9 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, Table, delete, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -83,8 +83,28 @@ def insert_new(s: Session, objects: Iterable[Base]) -> None:
         table = obj.__table__
         assert isinstance(table, Table)
         batches.setdefault((table, tuple(row)), []).append(row)
+    conn = s.connection()
     for (table, _), rows in batches.items():
-        s.execute(insert(table), rows)
+        conn.execute(insert(table), rows)
+
+
+# The statements every run executes, built once and run on the session's Connection: no
+# statement construction, no ORM execution layer (bulk-update synchronisation, ORM compile).
+_agents = cast(Table, Agent.__table__)
+_runs = cast(Table, Run.__table__)
+_CLAIM_AGENT = (
+    update(_agents)
+    .where(_agents.c.id == bindparam("b_agent"), _agents.c.active_run_id.is_(None))
+    .values(active_run_id=bindparam("b_run"))
+)
+_RELEASE_AGENT = (
+    update(_agents)
+    .where(_agents.c.id == bindparam("b_agent"), _agents.c.active_run_id == bindparam("b_run"))
+    .values(active_run_id=None)
+)
+_QUEUED_RUN = (
+    select(_runs.c.id).where(_runs.c.agent_id == bindparam("b_agent"), _runs.c.status == "queued").limit(1)
+)
 
 
 class Store:
@@ -330,7 +350,7 @@ class Store:
         def tx(s: Session) -> None:
             insert_new(s, [step, *messages, *approvals])
             if run_fields:
-                s.execute(update(Run).where(Run.id == run_id).values(**run_fields))
+                s.connection().execute(update(_runs).where(_runs.c.id == run_id).values(**run_fields))
 
         return await self.transaction(tx)
 
@@ -550,13 +570,8 @@ class Store:
             # The claim comes first: a write as the transaction's first statement takes
             # SQLite's write lock (waiting for another process's) before anything is read, so
             # no concurrent start can invalidate our snapshot (SQLITE_BUSY_SNAPSHOT) halfway.
-            claim = s.execute(
-                update(Agent)
-                .where(Agent.id == agent_id, Agent.active_run_id.is_(None))
-                .values(active_run_id=run_id)
-                .execution_options(synchronize_session=False)
-            )
-            acquired = claim.rowcount == 1  # type: ignore[attr-defined]
+            claim = s.connection().execute(_CLAIM_AGENT, {"b_agent": agent_id, "b_run": run_id})
+            acquired = claim.rowcount == 1
             agent = s.get(Agent, agent_id)
             if agent is None:
                 return Admission(agent=None)
@@ -606,14 +621,10 @@ class Store:
         def tx(s: Session) -> bool:
             if last_step is not None:
                 insert_new(s, [last_step[0], *last_step[1]])
-            s.execute(update(Run).where(Run.id == run_id).values(**fields))
-            s.execute(
-                update(Agent)
-                .where(Agent.id == agent_id, Agent.active_run_id == run_id)
-                .values(active_run_id=None)
-            )
-            q = select(Run.id).where(Run.agent_id == agent_id, Run.status == "queued").limit(1)
-            return s.execute(q).first() is not None
+            conn = s.connection()
+            conn.execute(update(_runs).where(_runs.c.id == run_id).values(**fields))
+            conn.execute(_RELEASE_AGENT, {"b_agent": agent_id, "b_run": run_id})
+            return conn.execute(_QUEUED_RUN, {"b_agent": agent_id}).first() is not None
 
         return await self.transaction(tx)
 
