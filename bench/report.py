@@ -61,6 +61,34 @@ def _pct(s: dict[str, Any]) -> dict[str, Any]:
     return {k: ([x * 100 for x in v] if k == "runs" else v * 100) for k, v in s.items()}
 
 
+def _quantile_rows(
+    name: str,
+    gateway: dict[str, Any],
+    baseline: dict[str, Any],
+    baseline_name: str,
+    noise: Any,
+    target: tuple[str, float] | None = None,
+) -> list[Any]:
+    """p50 and p99 rows (ms) of a latency figure; `target`: (quantile, ms it must stay under)."""
+    out = []
+    for q in ("p50", "p99"):
+        held = target is not None and target[0] == q
+        out.append(
+            _row(
+                f"{name} {q}",
+                gateway[q],
+                baseline[q],
+                unit="ms",
+                baseline_name=baseline_name,
+                digits=2,
+                target=f"< {target[1]:g} ms" if held and target else "-",
+                met=(gateway[q] < target[1]) if held and target else None,
+                noise=noise,
+            )
+        )
+    return out
+
+
 def table(results: dict[str, Any]) -> list[dict[str, Any]]:
     figs = results["figures"]
     targets = results["meta"]["config"]["targets"]
@@ -211,49 +239,31 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
     cancel = figs.get("cancel")
     if cancel:
         noise = others(cancel.get("load"))
-        for q in ("p50", "p99"):
-            rows.append(
-                _row(
-                    f"Cancel -> terminal run_status {q}",
-                    cancel["to_terminal"][q],
-                    cancel["baseline_round_trip"][q],
-                    unit="ms",
-                    baseline_name="plain ws round trip",
-                    digits=2,
-                    target=f"< {targets['cancel_p99_ms']:g} ms" if q == "p99" else "-",
-                    met=(cancel["to_terminal"][q] < targets["cancel_p99_ms"]) if q == "p99" else None,
-                    noise=noise,
-                )
-            )
-        for q in ("p50", "p99"):
-            rows.append(
-                _row(
-                    f"Cancel -> upstream request closed {q}",
-                    cancel["to_upstream_closed"][q],
-                    cancel["baseline_sdk_close"][q],
-                    unit="ms",
-                    baseline_name="SDK stream.close() alone",
-                    digits=2,
-                    noise=noise,
-                )
-            )
+        rows += _quantile_rows(
+            "Cancel -> terminal run_status",
+            cancel["to_terminal"],
+            cancel["baseline_round_trip"],
+            "plain ws round trip",
+            noise,
+            target=("p99", targets["cancel_p99_ms"]),
+        )
+        rows += _quantile_rows(
+            "Cancel -> upstream request closed",
+            cancel["to_upstream_closed"],
+            cancel["baseline_sdk_close"],
+            "SDK stream.close() alone",
+            noise,
+        )
     first = figs.get("first_token")
     if first:
-        noise = others(first.get("load"))
-        for q in ("p50", "p99"):
-            rows.append(
-                _row(
-                    f"First token, one run at a time: run.start -> first delta {q}",
-                    first["gateway"][q],
-                    first["sdk"][q],
-                    unit="ms",
-                    baseline_name="SDK alone: create() -> first delta, same model",
-                    digits=2,
-                    target=f"< {targets['first_token_ms']:g} ms" if q == "p50" else "-",
-                    met=(first["gateway"][q] < targets["first_token_ms"]) if q == "p50" else None,
-                    noise=noise,
-                )
-            )
+        rows += _quantile_rows(
+            "First token, one run at a time: run.start -> first delta",
+            first["gateway"],
+            first["sdk"],
+            "SDK alone: create() -> first delta, same model",
+            others(first.get("load")),
+            target=("p50", targets["first_token_ms"]),
+        )
     resume = figs.get("resume")
     if resume:
         rows.append(

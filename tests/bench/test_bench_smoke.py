@@ -15,17 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.__main__ import FIGURES as ALL_FIGURES
+
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {
-    "cpu_per_delta",
-    "latency",
-    "max_paced_runs",
-    "cancel",
-    "first_token",
-    "resume",
-    "fanout",
-    "idle_rss",
-}
+FIGURES = set(ALL_FIGURES)
 
 
 @pytest.mark.timeout(180)
