@@ -7,32 +7,34 @@ Environment variables use the `GATEWAY_` prefix; `ANTHROPIC_API_KEY` and
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the variable and says why."""
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_number(name: str, default: T, kind: Callable[[str], T], what: str) -> T:
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        return kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number")
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    return _env_number(name, default, int, "an integer")
 
 
 LLM_HTTP_BACKENDS = ("aiohttp", "httpx")
