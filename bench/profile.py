@@ -15,8 +15,9 @@ waits) by library and the functions with the most self time and inclusive time, 
 of the busy time; `profile-<workload>.speedscope.json` opens in https://www.speedscope.app.
 Start-up (imports, migrations, the lifespan) and lazy imports on first use are left out: only
 frames under the event loop count, and none under an import.
-pyinstrument samples the main thread only; the gateway's other threads (aiosqlite) used
-under 10% of its CPU in our measurements, and `thread_cpu_share` reports it per run.
+pyinstrument samples the main thread only; the gateway's other threads (the SQLite WAL
+checkpointer, tool subprocess waits) use little of its CPU, and `thread_cpu_share` reports
+it per run.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class Settings:
         if self.database_url:
             return self.database_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
 
     def public_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host

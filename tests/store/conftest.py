@@ -25,7 +25,7 @@ def _asyncpg_dsn(url: str) -> str:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
-        s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+        s = await Store.open(f"sqlite:///{tmp_path / 'store.db'}")
         try:
             yield s
         finally:
