@@ -108,11 +108,13 @@ def test_dates_in_utc_are_accepted_in_both_spellings() -> None:
 
 
 def test_optional_fields_may_be_null() -> None:
-    validate_event(sample("reasoning_message", signature=None))
-    validate_event(sample("usage_statistics", cached_input_tokens=None))
-    validate_event(
+    assert validate_event(sample("reasoning_message", signature=None)).signature is None  # type: ignore[union-attr]
+    usage = validate_event(sample("usage_statistics", cached_input_tokens=None))
+    assert usage.cached_input_tokens is None  # type: ignore[union-attr]
+    call = validate_event(
         sample("tool_call_message", 1, tool_call={"tool_call_id": "t", "name": None, "arguments": "{"})
     )
+    assert call.tool_call.name is None  # type: ignore[union-attr]
 
 
 def frame(event: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -146,7 +148,8 @@ def test_invalid_server_frames_are_refused(bad: dict[str, Any]) -> None:
 
 def test_merged_deltas_frame() -> None:
     for message_type in sorted(DELTA_EVENT_TYPES):
-        validate_server_frame(frame(sample(message_type), seq_from=2))
+        model = validate_server_frame(frame(sample(message_type), seq_from=2))
+        assert model.seq_from == 2 and model.seq == 5  # type: ignore[union-attr]
 
 
 ACKS: dict[str, list[dict[str, Any]]] = {
