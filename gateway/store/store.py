@@ -107,6 +107,16 @@ _QUEUED_RUN = (
 )
 
 
+def _claim(s: Session, agent_id: str, run_id: str) -> bool:
+    """Make `run_id` the agent's active run if it has none (a conditional UPDATE)."""
+    return bool(s.connection().execute(_CLAIM_AGENT, {"b_agent": agent_id, "b_run": run_id}).rowcount == 1)
+
+
+def _release(s: Session, agent_id: str, run_id: str) -> None:
+    """Clear the agent's active run if it is still `run_id`."""
+    s.connection().execute(_RELEASE_AGENT, {"b_agent": agent_id, "b_run": run_id})
+
+
 class Store:
     def __init__(self, engine: AsyncEngine | Engine) -> None:
         self.engine = engine
@@ -178,7 +188,7 @@ class Store:
         """Create the tool, or update the one with the same name (Letta's PUT /v1/tools/)."""
 
         def tx(s: Session) -> Tool:
-            tool = (s.execute(select(Tool).where(Tool.name == fields["name"]))).scalar_one_or_none()
+            tool = s.execute(select(Tool).where(Tool.name == fields["name"])).scalar_one_or_none()
             stamp = now_iso()
             if tool is None:
                 tool = Tool(id=new_id("tool"), created_at=stamp, updated_at=stamp, **fields)
@@ -208,7 +218,7 @@ class Store:
 
     async def delete_tool(self, tool_id: str) -> bool:
         def tx(s: Session) -> bool:
-            return bool((s.execute(delete(Tool).where(Tool.id == tool_id))).rowcount > 0)  # type: ignore[attr-defined]
+            return bool(s.execute(delete(Tool).where(Tool.id == tool_id)).rowcount > 0)  # type: ignore[attr-defined]
 
         return await self.transaction(tx)
 
@@ -256,32 +266,16 @@ class Store:
             s.execute(delete(Approval).where(Approval.run_id.in_(run_ids)))
             s.execute(delete(Step).where(Step.agent_id == agent_id))
             s.execute(delete(Run).where(Run.agent_id == agent_id))
-            return bool((s.execute(delete(Agent).where(Agent.id == agent_id))).rowcount > 0)  # type: ignore[attr-defined]
+            return bool(s.execute(delete(Agent).where(Agent.id == agent_id)).rowcount > 0)  # type: ignore[attr-defined]
 
         return await self.transaction(tx)
 
     async def acquire_agent(self, agent_id: str, run_id: str) -> bool:
         """Make `run_id` the agent's active run if it has none. Atomic across processes."""
-
-        def tx(s: Session) -> bool:
-            result = s.execute(
-                update(Agent)
-                .where(Agent.id == agent_id, Agent.active_run_id.is_(None))
-                .values(active_run_id=run_id)
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-        return await self.transaction(tx)
+        return await self.transaction(_claim, agent_id, run_id)
 
     async def release_agent(self, agent_id: str, run_id: str) -> None:
-        def tx(s: Session) -> None:
-            s.execute(
-                update(Agent)
-                .where(Agent.id == agent_id, Agent.active_run_id == run_id)
-                .values(active_run_id=None)
-            )
-
-        return await self.transaction(tx)
+        await self.transaction(_release, agent_id, run_id)
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -421,7 +415,7 @@ class Store:
 
     async def message_pos(self, message_id: str) -> int | None:
         def tx(s: Session) -> int | None:
-            return (s.execute(select(Message.pos).where(Message.id == message_id))).scalar_one_or_none()
+            return s.execute(select(Message.pos).where(Message.id == message_id)).scalar_one_or_none()
 
         return await self.transaction(tx)
 
@@ -570,8 +564,7 @@ class Store:
             # The claim comes first: a write as the transaction's first statement takes
             # SQLite's write lock (waiting for another process's) before anything is read, so
             # no concurrent start can invalidate our snapshot (SQLITE_BUSY_SNAPSHOT) halfway.
-            claim = s.connection().execute(_CLAIM_AGENT, {"b_agent": agent_id, "b_run": run_id})
-            acquired = claim.rowcount == 1
+            acquired = _claim(s, agent_id, run_id)
             agent = s.get(Agent, agent_id)
             if agent is None:
                 return Admission(agent=None)
@@ -623,7 +616,7 @@ class Store:
                 insert_new(s, [last_step[0], *last_step[1]])
             conn = s.connection()
             conn.execute(update(_runs).where(_runs.c.id == run_id).values(**fields))
-            conn.execute(_RELEASE_AGENT, {"b_agent": agent_id, "b_run": run_id})
+            _release(s, agent_id, run_id)
             return conn.execute(_QUEUED_RUN, {"b_agent": agent_id}).first() is not None
 
         return await self.transaction(tx)

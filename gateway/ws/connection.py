@@ -114,7 +114,8 @@ class Connection:
     def deliver(self, run_id: str, seq: int, frame: str, event: dict[str, Any]) -> None:
         if self.close_code is not None or run_id in self.replays:
             return
-        if self._idle and not self.outbox and self._direct is not None and not _is_terminal(event):
+        terminal = _is_terminal(event)
+        if self._idle and not terminal and not self.outbox and self._direct is not None:
             if self._direct(frame):
                 return
         if len(self.outbox) >= self.limit:
@@ -124,7 +125,7 @@ class Connection:
             return
         self.outbox.append((frame, run_id, seq, seq, event))
         self.pending_bytes += len(frame)
-        if _is_terminal(event):
+        if terminal:
             self.finished.append(run_id)
         self._wake.set()
 
