@@ -22,6 +22,7 @@ import orjson
 from gateway.agent import events as ev
 from gateway.agent.history import build_request
 from gateway.broker import Broker
+from gateway.llm.body import UpstreamConnectionError, pump
 from gateway.llm.client import ModelRouter, UnknownModel, open_stream
 from gateway.llm.interpreter import (
     StepOutput,
@@ -33,6 +34,7 @@ from gateway.llm.interpreter import (
     new_stream,
     snapshot_partial,
 )
+from gateway.llm.sse import SSEDataError, SSEJsonDecoder
 from gateway.runs.lifecycle import STOP_ACTIONS, Action, advance
 from gateway.store import Agent, Approval, Message, Run, Step, Store, Tool, new_id, now_iso
 from gateway.tools import ToolResult, execute_tool
@@ -246,7 +248,10 @@ class Executor:
         except anthropic.APIConnectionError as exc:
             failure = Stop("llm_api_error", "connection_error", f"could not reach the model: {exc}", True)
             out = snapshot_partial(state)
-        except StreamProtocolError as exc:
+        except UpstreamConnectionError as exc:
+            failure = Stop("llm_api_error", "connection_error", str(exc), True)
+            out = snapshot_partial(state)
+        except (StreamProtocolError, SSEDataError) as exc:
             failure = Stop("llm_api_error", "stream_protocol_error", str(exc), True)
             out = snapshot_partial(state)
         finally:
@@ -297,10 +302,25 @@ class Executor:
         self, client: anthropic.AsyncAnthropic, request: dict[str, Any], state: Any, run_id: str
     ) -> None:
         append = self.broker.append
-        async with open_stream(client, request) as raw_events:
-            async for raw in raw_events:
+        decode = SSEJsonDecoder().feed
+
+        def relay(raws: list[dict[str, Any]]) -> None:
+            for raw in raws:
                 for event in feed(state, raw):
                     append(run_id, event)
+
+        def on_chunk(chunk: bytes) -> None:
+            # Runs in the upstream connection's protocol callback (gateway.llm.body): a
+            # chunk goes to the subscribers' sockets without waking this task.
+            try:
+                raws = decode(chunk)
+            except SSEDataError as exc:
+                relay(exc.before)  # the events before the bad one are good: keep them
+                raise
+            relay(raws)
+
+        async with open_stream(client, request) as response:
+            await pump(response, on_chunk)
 
     def _plan(self, agent: Agent, tools: dict[str, Tool], call: ToolCall) -> PlannedCall:
         tool = tools.get(call.name)

@@ -1,6 +1,7 @@
 """Reaching a model: the official `anthropic` SDK builds, authenticates and retries each
 request; the response body is read raw and its SSE events decoded with orjson straight into
-the interpreter (the SDK's own per-event model building is the hot path's largest cost).
+the interpreter (the SDK's own per-event model building is the hot path's largest cost);
+`gateway.llm.body` feeds the body, pushed from aiohttp's protocol callback where it can.
 
 An agent's `model` handle is Letta's `provider/name`: `anthropic/<model>` goes to Anthropic
 (or `ANTHROPIC_BASE_URL`) when an API key is set, otherwise to the built-in offline model;
@@ -20,9 +21,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anthropic
+import httpx2
 
 from gateway.config import Settings
-from gateway.llm.sse import iter_sse_json
 
 PROVIDERS = ("anthropic", "offline")
 
@@ -87,8 +88,9 @@ class ModelRouter:
 @asynccontextmanager
 async def open_stream(
     client: anthropic.AsyncAnthropic, request: dict[str, Any]
-) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-    """Open a streaming Messages request; yields the raw event dicts. Leaving the block
-    closes the upstream connection (which is how a cancel stops the model)."""
+) -> AsyncIterator[httpx2.Response]:
+    """Open a streaming Messages request; yields the HTTP response, whose body `body.pump`
+    reads. Leaving the block closes the upstream connection (which is how a cancel stops
+    the model)."""
     async with client.messages.with_streaming_response.create(**request, stream=True) as response:
-        yield iter_sse_json(response.http_response.aiter_bytes())
+        yield response.http_response

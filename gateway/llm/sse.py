@@ -16,8 +16,8 @@ Contracts:
   (as `b""`). The event name defaults to `"message"`. A leading UTF-8 BOM is skipped.
 - An event still open when the body ends (no blank line after it) is discarded, as the spec
   says; `pending` tells whether such bytes are buffered.
-- The decoder is pure bookkeeping: no I/O, no clock, no logging. `iter_sse_json` is the thin
-  async glue that feeds it from a byte iterator.
+- The decoder is pure bookkeeping: no I/O, no clock, no logging. `SSEJsonDecoder` adds the
+  JSON step (still synchronous); `iter_sse_json` is the thin async glue over a byte iterator.
 
 Cost: one `bytes.find` per event boundary and one `split` per event; no regex, no per-line
 decoding (data stays bytes and goes to orjson as is).
@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["SSEDataError", "SSEDecoder", "iter_sse_json"]
+__all__ = ["SSEDataError", "SSEDecoder", "SSEJsonDecoder", "iter_sse_json"]
 
 _BOM = b"\xef\xbb\xbf"
 # The Messages API's event names, decoded once.
@@ -50,7 +50,13 @@ _NAMES = {
 
 
 class SSEDataError(ValueError):
-    """An event's data is not a JSON object (raised by `iter_sse_json`)."""
+    """An event's data is not a JSON object (raised by `SSEJsonDecoder`). `before` holds the
+    objects of the events that came before it in the same chunk: they are valid, and a
+    caller hands them on before it fails."""
+
+    def __init__(self, message: str, before: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.before: list[dict[str, Any]] = before or []
 
 
 class SSEDecoder:
@@ -166,28 +172,49 @@ class SSEDecoder:
         return event, (b"\n".join(more) if more is not None else data)
 
 
-async def iter_sse_json(byte_iter: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """Yield the JSON object of every event of an SSE body, in order.
+class SSEJsonDecoder:
+    """`SSEDecoder` plus JSON: bytes in, the JSON object of every completed event out.
+    A bad event raises `SSEDataError` carrying the good events before it (`before`).
 
     The Anthropic payload carries its own `"type"`, so the SSE event name is only used when
     the payload lacks one. Events whose data is empty or blank are skipped. Data that is not
     a JSON object raises `SSEDataError` (the upstream broke the format). An unfinished event
     at the end of the body is dropped silently; the interpreter notices the missing
-    `message_stop`.
+    `message_stop`. Synchronous, so it can run in a protocol callback (`gateway.llm.body`).
     """
-    decoder = SSEDecoder()
-    feed = decoder.feed
-    loads = orjson.loads
-    async for chunk in byte_iter:
-        for name, data in feed(chunk):
+
+    __slots__ = ("_feed",)
+
+    def __init__(self) -> None:
+        self._feed = SSEDecoder().feed
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        """The objects of the events `chunk` completes, oldest first."""
+        out = []
+        for name, data in self._feed(chunk):
             if not data or data.isspace():
                 continue
             try:
-                obj = loads(data)
+                obj = orjson.loads(data)
             except orjson.JSONDecodeError as exc:
-                raise SSEDataError(f"SSE event {name!r}: data is not valid JSON ({exc})") from exc
+                raise SSEDataError(f"SSE event {name!r}: data is not valid JSON ({exc})", out) from exc
             if type(obj) is not dict:
-                raise SSEDataError(f"SSE event {name!r}: data is a {type(obj).__name__}, not an object")
+                raise SSEDataError(f"SSE event {name!r}: data is a {type(obj).__name__}, not an object", out)
             if "type" not in obj:
                 obj["type"] = name
+            out.append(obj)
+        return out
+
+
+async def iter_sse_json(byte_iter: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """Yield the JSON object of every event of an SSE body, in order (`SSEJsonDecoder`)."""
+    feed = SSEJsonDecoder().feed
+    async for chunk in byte_iter:
+        try:
+            objs = feed(chunk)
+        except SSEDataError as exc:
+            for obj in exc.before:
+                yield obj
+            raise
+        for obj in objs:
             yield obj

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from gateway.llm.sse import SSEDataError, SSEDecoder, iter_sse_json
+from gateway.llm.sse import SSEDataError, SSEDecoder, SSEJsonDecoder, iter_sse_json
 from tests.llm.sse_replay import FIXTURES, chunkings, split_random
 
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.sse"))
@@ -197,3 +197,15 @@ async def test_iter_sse_json_rejects_a_non_object() -> None:
 
 async def test_iter_sse_json_drops_an_unfinished_last_event() -> None:
     assert await collect([b'data: {"type": "a"}\n\ndata: {"type": "b"}\n']) == [{"type": "a"}]
+
+
+async def test_the_events_before_a_bad_one_in_the_same_chunk_are_kept() -> None:
+    body = b'data: {"type": "a"}\n\ndata: {"type": "b"}\n\ndata: {oops\n\ndata: {"type": "c"}\n\n'
+    got: list[dict[str, object]] = []
+    with pytest.raises(SSEDataError, match="not valid JSON"):
+        async for obj in iter_sse_json(aiter_chunks([body])):
+            got.append(obj)
+    assert got == [{"type": "a"}, {"type": "b"}]
+    with pytest.raises(SSEDataError) as caught:
+        SSEJsonDecoder().feed(body)
+    assert caught.value.before == [{"type": "a"}, {"type": "b"}]

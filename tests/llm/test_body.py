@@ -1,0 +1,243 @@
+"""gateway.llm.body: a streamed body read through the real SDK, on both HTTP backends.
+
+The upstream here is a raw asyncio TCP server writing hand-made HTTP/1.1 responses, so that
+each test controls exactly what reaches the socket and when: the headers and the first events
+in one write, pauses between chunks, a connection cut inside the chunked body, a gzip body.
+The aiohttp backend must push (the chunk reaches `on_chunk` from aiohttp's protocol
+callback); httpx pulls. Both must hand over the same bytes and fail the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from gateway.llm import body
+from gateway.llm.body import UpstreamConnectionError, pump, pushable
+from gateway.llm.client import make_client, open_stream
+
+BACKENDS = ("aiohttp", "httpx")
+REQUEST = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+EVENTS = [
+    f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":0,"n":{i}}}\n\n'.encode()
+    for i in range(6)
+]
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"transfer-encoding: chunked\r\nrequest-id: req_test\r\n"
+)
+
+Script = Callable[[asyncio.StreamWriter, "Upstream"], Any]
+
+
+@dataclass
+class Upstream:
+    """One response script per request; counts connections and notices closed ones."""
+
+    script: Script
+    connections: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if await self.script(writer, self) is False:
+                    break
+            await reader.read()  # until the client closes
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed.set()
+            writer.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Callable[[Script], Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> Upstream:
+        up = Upstream(script)
+        server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
+        up.port = server.sockets[0].getsockname()[1]
+        servers.append(server)
+        return up
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+async def read_all(up: Upstream, backend: str, on_chunk: Callable[[bytes], None] | None = None) -> bytes:
+    client = make_client("k", f"http://127.0.0.1:{up.port}", 0, backend)
+    got: list[bytes] = []
+    try:
+        async with open_stream(client, REQUEST) as response:
+            assert pushable(response) is (backend == "aiohttp")
+            await pump(response, on_chunk or got.append)
+    finally:
+        await client.close()
+    return b"".join(got)
+
+
+async def paced(writer: asyncio.StreamWriter, up: Upstream) -> None:
+    writer.write(HEAD + b"\r\n" + chunk(EVENTS[0]))  # headers and the first event together
+    await writer.drain()
+    for event in EVENTS[1:]:
+        await asyncio.sleep(0.01)
+        writer.write(chunk(event))
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_paced_chunks_arrive_whole_and_in_order(upstream: Any, backend: str) -> None:
+    up = await upstream(paced)
+    assert await read_all(up, backend) == b"".join(EVENTS)
+
+
+async def test_a_pushed_chunk_is_handed_over_from_the_protocol_callback(upstream: Any) -> None:
+    """No task wakes up per chunk: on_chunk runs outside any task after the first one."""
+    up = await upstream(paced)
+    in_task: list[bool] = []
+
+    def on_chunk(data: bytes) -> None:
+        in_task.append(asyncio.current_task() is not None)
+
+    await read_all(up, "aiohttp", on_chunk)
+    assert len(in_task) == len(EVENTS)
+    assert in_task[1:] == [False] * (len(EVENTS) - 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_body_already_complete_before_the_pump_is_read(upstream: Any, backend: str) -> None:
+    async def whole(writer: asyncio.StreamWriter, up: Upstream) -> None:
+        writer.write(HEAD + b"\r\n" + b"".join(chunk(e) for e in EVENTS) + b"0\r\n\r\n")
+        await writer.drain()
+
+    up = await upstream(whole)
+    client = make_client("k", f"http://127.0.0.1:{up.port}", 0, backend)
+    got: list[bytes] = []
+    try:
+        async with open_stream(client, REQUEST) as response:
+            await asyncio.sleep(0.1)  # everything, end included, is buffered by now
+            await pump(response, got.append)
+    finally:
+        await client.close()
+    assert b"".join(got) == b"".join(EVENTS)
+
+
+async def test_a_pushed_body_returns_its_connection_to_the_pool(upstream: Any) -> None:
+    up = await upstream(paced)
+    client = make_client("k", f"http://127.0.0.1:{up.port}", 0, "aiohttp")
+    try:
+        for _ in range(3):
+            got: list[bytes] = []
+            async with open_stream(client, REQUEST) as response:
+                await pump(response, got.append)
+            assert b"".join(got) == b"".join(EVENTS)
+    finally:
+        await client.close()
+    assert up.connections == 1
+    assert not body._SINKS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_connection_cut_mid_body_is_an_upstream_connection_error(upstream: Any, backend: str) -> None:
+    async def cut(writer: asyncio.StreamWriter, up: Upstream) -> bool:
+        writer.write(HEAD + b"\r\n" + chunk(EVENTS[0]) + b"40\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+        return False
+
+    up = await upstream(cut)
+    got: list[bytes] = []
+    with pytest.raises(UpstreamConnectionError, match="connection failed mid-response"):
+        await read_all(up, backend, got.append)
+    assert b"".join(got).startswith(EVENTS[0])
+    assert not body._SINKS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_error_in_on_chunk_ends_the_pump_and_feeds_no_more(upstream: Any, backend: str) -> None:
+    up = await upstream(paced)
+    calls: list[bytes] = []
+
+    def on_chunk(data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 2:
+            raise ValueError("bad event")
+
+    with pytest.raises(ValueError, match="bad event"):
+        await read_all(up, backend, on_chunk)
+    assert len(calls) == 2
+    await asyncio.wait_for(up.closed.wait(), 5)  # leaving the block closed the connection
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_cancelling_the_pump_stops_the_feed_at_once(upstream: Any, backend: str) -> None:
+    async def endless(writer: asyncio.StreamWriter, up: Upstream) -> bool:
+        writer.write(HEAD + b"\r\n")
+        while True:
+            writer.write(chunk(EVENTS[0]))
+            await writer.drain()
+            await asyncio.sleep(0.002)
+
+    up = await upstream(endless)
+    calls: list[bytes] = []
+    three = asyncio.Event()
+
+    def on_chunk(data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 3:
+            three.set()
+
+    task = asyncio.ensure_future(read_all(up, backend, on_chunk))
+    await asyncio.wait_for(three.wait(), 5)
+    task.cancel()
+    seen = len(calls)
+    await asyncio.sleep(0.05)  # chunks keep arriving; none may reach on_chunk
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(calls) == seen
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert not body._SINKS
+
+
+async def test_a_compressed_body_is_pulled_and_decompressed(upstream: Any) -> None:
+    packed = gzip.compress(b"".join(EVENTS))
+
+    async def gzipped(writer: asyncio.StreamWriter, up: Upstream) -> None:
+        writer.write(HEAD + b"content-encoding: gzip\r\n\r\n" + chunk(packed) + b"0\r\n\r\n")
+        await writer.drain()
+
+    up = await upstream(gzipped)
+    client = make_client("k", f"http://127.0.0.1:{up.port}", 0, "aiohttp")
+    got: list[bytes] = []
+    try:
+        async with open_stream(client, REQUEST) as response:
+            assert not pushable(response)
+            await pump(response, got.append)
+    finally:
+        await client.close()
+    assert b"".join(got) == b"".join(EVENTS)
