@@ -48,9 +48,14 @@ class Gateway:
         s = self.settings
         self.store = await Store.open(s.resolved_database_url())
         if s.redis_url:
-            self.broker = RedisBroker(s.redis_url, prefix=s.redis_prefix, retention_s=s.log_retention_s)
+            self.broker = RedisBroker(
+                s.redis_url,
+                prefix=s.redis_prefix,
+                retention_s=s.log_retention_s,
+                max_closed_bytes=s.log_memory_bytes(),
+            )
         else:
-            self.broker = MemoryBroker(retention_s=s.log_retention_s)
+            self.broker = MemoryBroker(retention_s=s.log_retention_s, max_closed_bytes=s.log_memory_bytes())
         await self.broker.start()
         self.router = ModelRouter(s)
         self.manager = RunManager(

@@ -37,6 +37,13 @@ def _env_int(name: str, default: int) -> int:
     return _env_number(name, default, int, "an integer")
 
 
+def _env_positive(name: str, default: float) -> float:
+    value = _env_float(name, default)
+    if not value > 0:
+        raise SettingsError(f"{name} must be a number above 0, got {os.environ.get(name)!r}")
+    return value
+
+
 LLM_HTTP_BACKENDS = ("aiohttp", "httpx")
 
 
@@ -77,6 +84,9 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     tool_timeout_s: float = field(default_factory=lambda: _env_float("GATEWAY_TOOL_TIMEOUT_S", 30.0))
     log_retention_s: float = field(default_factory=lambda: _env_float("GATEWAY_LOG_RETENTION_S", 86400.0))
+    # Bound on the frames of finished runs' logs kept in this process's memory (MiB); past
+    # it the oldest go first, before their retention time.
+    log_memory_mb: float = field(default_factory=lambda: _env_positive("GATEWAY_LOG_MEMORY_MB", 256.0))
     shutdown_grace_s: float = field(default_factory=lambda: _env_float("GATEWAY_SHUTDOWN_GRACE_S", 10.0))
     default_max_steps: int = 50
     auth_token: str | None = field(default_factory=lambda: os.environ.get("GATEWAY_AUTH_TOKEN") or None)
@@ -94,6 +104,9 @@ class Settings:
             return self.database_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    def log_memory_bytes(self) -> int:
+        return int(self.log_memory_mb * (1 << 20))
 
     def public_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host

@@ -7,7 +7,8 @@ Contract (every implementation, checked by one conformance suite):
   ones, in order, with no gap and no duplicate, even while the run is appending.
 - A log is named by its `epoch`; a lost or rebuilt log gets a new epoch, so a client holding
   the old one learns its cursor is meaningless (`recovered: false`).
-- A closed log (run finished) is kept for `retention_s`, then dropped.
+- A closed log (run finished) is kept for `retention_s`, then dropped; earlier, oldest first,
+  when the closed logs held in memory pass `max_closed_bytes` (none being replayed is dropped).
 - Sinks are called synchronously on the appending task; they must only enqueue.
 - `info` is this process's view (a log it holds); `fetch_info` also finds a log another
   process writes (Redis). `adopt` loads such a log so this process can continue it (a run

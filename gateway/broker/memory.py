@@ -25,10 +25,26 @@ class RunLog:
         return LogInfo(self.epoch, len(self.frames), 1, self.closed_at is not None)
 
 
+#: Default bound on the frames of finished runs kept in memory (`GATEWAY_LOG_MEMORY_MB`).
+DEFAULT_MAX_CLOSED_BYTES = 256 << 20
+
+
 class MemoryBroker:
-    def __init__(self, retention_s: float = 86400.0) -> None:
+    """Logs in this process. A finished run's log is kept for `retention_s`, and while the
+    frames of all finished logs stay under `max_closed_bytes`: past it the oldest finished
+    logs (no subscriber replaying them) are dropped first, as if their retention had passed.
+    Without that bound a busy process would hold every run of the last day: memory without
+    limit, and full garbage collections scanning them all (pauses growing with uptime)."""
+
+    def __init__(
+        self, retention_s: float = 86400.0, max_closed_bytes: int = DEFAULT_MAX_CLOSED_BYTES
+    ) -> None:
         self.retention_s = retention_s
+        self.max_closed_bytes = max_closed_bytes
         self.logs: dict[str, RunLog] = {}
+        # Finished logs in the order they finished, with the size of their frames.
+        self._closed: dict[str, int] = {}
+        self.closed_bytes = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._control: list[ControlHandler] = []
 
@@ -71,7 +87,37 @@ class MemoryBroker:
         log = self.logs.get(run_id)
         if log is not None and log.closed_at is None:
             log.closed_at = time.monotonic()
+            size = sum(map(len, log.frames))
+            self._closed[run_id] = size
+            self.closed_bytes += size
+            if self.closed_bytes > self.max_closed_bytes:
+                self.evict()
             self._schedule_sweep()
+
+    def evict(self) -> int:
+        """Drop the oldest finished logs until their frames fit `max_closed_bytes`; returns
+        how many. A log being replayed (it has sinks) or not yet evictable is skipped."""
+        dropped = []
+        excess = self.closed_bytes - self.max_closed_bytes
+        for rid, size in self._closed.items():
+            if excess <= 0:
+                break
+            log = self.logs.get(rid)
+            if log is not None and (log.sinks or not self._evictable(log)):
+                continue
+            dropped.append(rid)
+            excess -= size
+        for rid in dropped:
+            self._forget(rid)
+        return len(dropped)
+
+    def _evictable(self, log: RunLog) -> bool:
+        """Whether a finished log may be dropped before its retention passed (here: always)."""
+        return True
+
+    def _forget(self, run_id: str) -> None:
+        self.logs.pop(run_id, None)
+        self.closed_bytes -= self._closed.pop(run_id, 0)
 
     def info(self, run_id: str) -> LogInfo | None:
         log = self.logs.get(run_id)
@@ -124,7 +170,7 @@ class MemoryBroker:
             if log.closed_at is not None and now - log.closed_at >= self.retention_s and not log.sinks
         ]
         for rid in expired:
-            del self.logs[rid]
+            self._forget(rid)
         return len(expired)
 
     def _schedule_sweep(self) -> None:

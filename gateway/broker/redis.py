@@ -83,7 +83,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.broker.base import LogInfo, Sink
-from gateway.broker.memory import MemoryBroker, RunLog
+from gateway.broker.memory import DEFAULT_MAX_CLOSED_BYTES, MemoryBroker, RunLog
 from protocol.codec import encode_event
 
 log = logging.getLogger("gateway.broker")
@@ -264,11 +264,12 @@ class RedisBroker(MemoryBroker):
         *,
         prefix: str = "gw",
         retention_s: float = 86400.0,
+        max_closed_bytes: int = DEFAULT_MAX_CLOSED_BYTES,
         read_block_ms: int = 1000,
         flush_timeout_s: float = 5.0,
         page_size: int = 1000,
     ) -> None:
-        super().__init__(retention_s=retention_s)
+        super().__init__(retention_s=retention_s, max_closed_bytes=max_closed_bytes)
         self.url = url
         self.prefix = prefix
         self.read_block_ms = read_block_ms
@@ -388,6 +389,11 @@ class RedisBroker(MemoryBroker):
             self._mark(lg)
         return seq
 
+    def _evictable(self, log: RunLog) -> bool:
+        """Only a log Redis holds whole (closed mark included) leaves memory early: the
+        subscribers of an evicted log then read it from Redis."""
+        return isinstance(log, _RedisLog) and log.close_written and log.flushed == len(log.frames)
+
     def close(self, run_id: str) -> None:
         """Close locally; the writer then marks the log closed and sets its expiry."""
         super().close(run_id)
@@ -433,6 +439,8 @@ class RedisBroker(MemoryBroker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
+            if self.closed_bytes > self.max_closed_bytes:  # logs just written whole may go now
+                self.evict()
             if self._outage is not None:
                 log.warning("Redis is reachable again; the event logs are written again")
                 self._outage = None

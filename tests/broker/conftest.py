@@ -97,7 +97,7 @@ class Made:
         self.brokers: list[AnyBroker] = []
 
     async def memory(self, **kwargs: Any) -> MemoryBroker:
-        b = MemoryBroker(retention_s=kwargs.get("retention_s", 86400.0))
+        b = MemoryBroker(**kwargs)
         await b.start()
         self.brokers.append(b)
         return b

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
@@ -143,3 +144,29 @@ async def test_runs_outlive_their_clients(server: GatewayThread, rest: REST) -> 
     assert (
         len("".join(m["content"] for m in messages if m["message_type"] == "assistant_message").split()) >= 90
     )
+
+
+async def test_a_finished_log_pushed_out_of_memory_answers_recovered_false(tmp_path: Path) -> None:
+    """GATEWAY_LOG_MEMORY_MB bounds the finished logs kept; the oldest leaves first, and a
+    subscriber to it learns so (recovered: false, the run's status) instead of waiting."""
+    gw = GatewayThread(tmp_path / "data", log_memory_mb=0.004).start()  # about 4 KB of frames
+    rest = REST(gw.url)
+    ws = await WSClient.open(gw.ws_url)
+    try:
+        agent = await rest.agent(name="bounded")
+        first = await ws.start_run(agent["id"], "Reply with the message 'one'.")
+        await ws.finish(first)
+        for word in ("two", "three", "four"):
+            await ws.run(agent["id"], f"Reply with the message '{word}'.")
+        broker = gw.gateway.broker
+        assert broker.info(first) is None
+        assert broker.closed_bytes <= broker.max_closed_bytes
+        ack = await ws.request("run.subscribe", run_id=first, after=0)
+        assert ack["type"] == "ack"
+        assert ack["result"]["recovered"] is False and ack["result"]["status"] == "completed"
+        r = await rest.http.get(f"/v1/runs/{first}/messages")
+        assert r.status_code == 200 and "one" in r.text  # the store still has the run
+    finally:
+        await ws.close()
+        await rest.close()
+        gw.stop()

@@ -44,6 +44,7 @@ def serve_with(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
         ("GATEWAY_LLM_HTTP", "bogus"),
         ("GATEWAY_OUTBOX_LIMIT", "abc"),
         ("GATEWAY_HEARTBEAT_S", "soon"),
+        ("GATEWAY_LOG_MEMORY_MB", "0"),
     ],
 )
 def test_serve_rejects_a_bad_setting(tmp_path: Path, name: str, value: str) -> None:
