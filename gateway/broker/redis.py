@@ -389,6 +389,11 @@ class RedisBroker(MemoryBroker):
             self._mark(lg)
         return seq
 
+    def evict(self) -> int:
+        """As in memory, but none while Redis is unreachable: nothing new is written then, so
+        the scan would pass over every unwritten log on every close."""
+        return 0 if self._outage is not None else super().evict()
+
     def _evictable(self, log: RunLog) -> bool:
         """Only a log Redis holds whole (closed mark included) leaves memory early: the
         subscribers of an evicted log then read it from Redis."""

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -521,3 +522,31 @@ async def test_burst_of_10k_appends_is_written_in_order(
             f"(memory {memory_interleaved_us:.2f} us), "
             f"{n} events written in {wall_ms:.0f} ms"
         )
+
+
+async def test_finished_logs_stay_in_memory_until_redis_holds_them(redis_factory: Factory) -> None:
+    """Past the memory bound a finished log may leave memory, but only once Redis has it
+    whole: during an outage every log stays (subscribers could not read it from anywhere)."""
+    assert REDIS_URL
+    proxy = Proxy(REDIS_URL)
+    await proxy.up()
+    size = len(orjson.dumps(delta(0))) + 60
+    a = await redis_factory(url=proxy.url, max_closed_bytes=15 * size)
+    b = await redis_factory()
+    await proxy.down()
+    for rid in ("r1", "r2"):
+        a.open(rid, "ep")
+        for i in range(10):
+            a.append(rid, delta(i))
+        a.close(rid)
+    assert a.closed_bytes > a.max_closed_bytes
+    assert a.info("r1") is not None and a.info("r2") is not None  # nothing is in Redis yet
+    await proxy.up()
+    assert await a.flush(5.0)
+    await eventually(lambda: a.info("r1") is None)  # written whole: the oldest may go now
+    assert a.info("r2") is not None
+    sink = RecordingSink()
+    info = await b.attach("r1", sink, 0)
+    assert info is not None and info.closed and info.last_seq == 10
+    await sink.wait_for(10)
+    await proxy.down()
