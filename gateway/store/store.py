@@ -107,6 +107,18 @@ _QUEUED_RUN = (
 )
 
 
+_messages = cast(Table, Message.__table__)
+_HISTORY_AFTER = (
+    select(Message)
+    .where(Message.agent_id == bindparam("b_agent"), Message.pos > bindparam("b_pos"))
+    .order_by(Message.pos)
+)
+_AGENT = select(Agent).where(Agent.id == bindparam("b_agent"))
+_MESSAGE_COUNT = (
+    select(func.count()).select_from(_messages).where(_messages.c.agent_id == bindparam("b_agent"))
+)
+
+
 def _claim(s: Session, agent_id: str, run_id: str) -> bool:
     """Make `run_id` the agent's active run if it has none (a conditional UPDATE)."""
     return bool(s.connection().execute(_CLAIM_AGENT, {"b_agent": agent_id, "b_run": run_id}).rowcount == 1)
@@ -360,15 +372,8 @@ class Store:
         cached = self._histories.get(agent_id)
         if cached is not None:
             rows, last_pos = cached
-            q = (
-                select(Message)
-                .where(Message.agent_id == agent_id, Message.pos > last_pos)
-                .order_by(Message.pos)
-            )
-            new = list(s.execute(q).scalars())
-            total = s.execute(
-                select(func.count()).select_from(Message).where(Message.agent_id == agent_id)
-            ).scalar_one()
+            new = list(s.execute(_HISTORY_AFTER, {"b_agent": agent_id, "b_pos": last_pos}).scalars())
+            total = s.connection().execute(_MESSAGE_COUNT, {"b_agent": agent_id}).scalar_one()
             if total == len(rows) + len(new):
                 history = rows + new
                 self._remember(agent_id, history)
@@ -565,7 +570,7 @@ class Store:
             # SQLite's write lock (waiting for another process's) before anything is read, so
             # no concurrent start can invalidate our snapshot (SQLITE_BUSY_SNAPSHOT) halfway.
             acquired = _claim(s, agent_id, run_id)
-            agent = s.get(Agent, agent_id)
+            agent = s.execute(_AGENT, {"b_agent": agent_id}).scalar_one_or_none()
             if agent is None:
                 return Admission(agent=None)
             if idempotency_key is not None:
