@@ -36,11 +36,16 @@ def _row(
     met: bool | None = None,
     digits: int = 1,
     noise: float | None = None,
+    ratio: float | None = None,
 ) -> dict[str, Any]:
+    """One table row. `ratio` defaults to the gateway's median over the baseline's; a figure
+    judged on the median of per-repeat (paired) ratios passes that one, so that the table
+    shows the number the target was checked against."""
     g = gateway if isinstance(gateway, dict) else {"median": gateway, "runs": [gateway]}
     b = baseline if isinstance(baseline, dict) else {"median": baseline, "runs": [baseline]}
     gv, bv = float(g["median"]), float(b["median"])
-    ratio = gv / bv if bv and not math.isnan(bv) and not math.isnan(gv) else math.nan
+    if ratio is None:
+        ratio = gv / bv if bv and not math.isnan(bv) and not math.isnan(gv) else math.nan
     return {
         "figure": figure,
         "unit": unit,
@@ -106,6 +111,7 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
                     baseline_name="floor: SDK parse (a) + plain ws (b)",
                     target=f"<= {targets['cpu_ratio']}x floor",
                     met=ratio <= targets["cpu_ratio"],
+                    ratio=ratio,
                 )
             )
         m = cpu.get("marginal")
@@ -120,6 +126,7 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
                     baseline_name="SDK marginal + plain ws per frame",
                     target=f"<= {targets['cpu_ratio']}x floor",
                     met=m["ratio"]["median"] <= targets["cpu_ratio"],
+                    ratio=m["ratio"]["median"],
                 )
             )
         pc = cpu.get("paced")
