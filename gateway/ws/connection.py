@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from gateway.ws.frames import text_frame
 from protocol.codec import encode_event, encode_goodbye
 from protocol.codes import CloseCode
 from protocol.runs import TERMINAL_STATUSES
@@ -23,6 +24,8 @@ log = logging.getLogger("gateway.ws")
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 REPLAY_PAGE = 256
+# The most bytes of queued frames the writer hands the socket in one write.
+WRITE_BATCH_BYTES = 64 << 10
 
 # (run_id, after, limit) -> up to `limit` (seq, frame, event) with seq > after, in order.
 LogReader = Callable[[str, int, int], list[tuple[int, str, dict[str, Any]]]]
@@ -116,7 +119,7 @@ class Connection:
             return
         terminal = _is_terminal(event)
         if self._idle and not terminal and not self.outbox and self._direct is not None:
-            if self._direct(frame):
+            if self._direct((frame,)):
                 return
         if len(self.outbox) >= self.limit:
             self._merge_backlog()
@@ -193,10 +196,24 @@ class Connection:
                 if self.replays and not self.outbox and self.close_code is None:
                     self._pull_replays()
                 outbox = self.outbox
+                direct = self._direct
                 while outbox:
-                    frame = outbox.popleft()[0]
-                    self.pending_bytes -= len(frame)
-                    await send({"type": "websocket.send", "text": frame})
+                    if direct is not None:
+                        # As many queued frames as fit WRITE_BATCH_BYTES, in one write.
+                        batch = [outbox.popleft()[0]]
+                        size = len(batch[0])
+                        while outbox and size < WRITE_BATCH_BYTES:
+                            frame = outbox.popleft()[0]
+                            batch.append(frame)
+                            size += len(frame)
+                        self.pending_bytes -= size
+                        if not direct(batch):  # not writable now: `send` waits for it
+                            for frame in batch:
+                                await send({"type": "websocket.send", "text": frame})
+                    else:
+                        frame = outbox.popleft()[0]
+                        self.pending_bytes -= len(frame)
+                        await send({"type": "websocket.send", "text": frame})
                     outbox = self.outbox
                 if self.finished:
                     self._end_finished()
@@ -237,14 +254,16 @@ class Connection:
         return self._closed
 
 
-def direct_writer(send: ASGISend) -> Callable[[str], bool] | None:
-    """A synchronous "write this text frame now" for uvicorn's websockets-sansio protocol,
-    or None for any other server (the writer task then sends everything).
+def direct_writer(send: ASGISend) -> Callable[[Sequence[str]], bool] | None:
+    """A synchronous "write these text frames now" for uvicorn's websockets-sansio protocol,
+    or None for any other server (the writer task then sends everything through `send`).
 
-    It does what that protocol's ASGI `send` does for a text frame (uvicorn 0.3x-0.5x), but
-    only when the send could not block: the transport is writable and open and the close
-    handshake has not started. Otherwise it returns False and the frame goes through the
-    queue and `send`, which waits, raises or drops as usual.
+    It writes what that protocol's ASGI `send` would for each text message (uvicorn
+    0.3x-0.5x), all frames in one `transport.write`, but only when the send could not block:
+    the transport is writable and open and the close handshake has not started. Otherwise it
+    returns False, writes nothing, and the frames go through `send`, which waits, raises or
+    drops as usual. Without extensions the frames are encoded by `frames.text_frame`
+    (byte-identical to websockets' own); with any, by websockets.
     """
     proto: Any = getattr(send, "__self__", None)
     if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
@@ -252,7 +271,7 @@ def direct_writer(send: ASGISend) -> Callable[[str], bool] | None:
     try:
         ws, transport, writable = proto.conn, proto.transport, proto.writable
         send_text, data_to_send = ws.send_text, ws.data_to_send
-        _ = proto.disconnected, proto.close_sent, proto.handshake_complete
+        _ = proto.disconnected, proto.close_sent, proto.handshake_complete, ws.extensions, ws.writes
     except AttributeError:
         return None
     from websockets.exceptions import InvalidState
@@ -260,7 +279,7 @@ def direct_writer(send: ASGISend) -> Callable[[str], bool] | None:
 
     open_state = State.OPEN
 
-    def write(text: str) -> bool:
+    def write(texts: Sequence[str]) -> bool:
         if (
             not writable.is_set()
             or proto.disconnected
@@ -269,11 +288,20 @@ def direct_writer(send: ASGISend) -> Callable[[str], bool] | None:
             or transport.is_closing()
         ):
             return False
-        try:
-            send_text(text.encode())
-        except InvalidState:
-            return False
-        transport.write(b"".join(data_to_send()))
+        if ws.extensions or ws.expect_continuation_frame:
+            try:
+                for text in texts:
+                    send_text(text.encode())
+            except InvalidState:
+                return False
+            transport.write(b"".join(data_to_send()))
+            return True
+        if ws.writes:  # bytes websockets queued itself (a pong): they go first
+            transport.write(b"".join(data_to_send()))
+        if len(texts) == 1:
+            transport.write(text_frame(texts[0].encode()))
+        else:
+            transport.write(b"".join([text_frame(text.encode()) for text in texts]))
         return True
 
     return write

@@ -5,6 +5,7 @@ and any other server's `send` falls back to the writer task."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -20,10 +21,10 @@ async def test_live_deltas_go_direct_and_stay_in_order(server: GatewayThread, re
     direct = conn._direct
     written = 0
 
-    def counting(text: str) -> bool:
+    def counting(texts: Sequence[str]) -> bool:
         nonlocal written
-        ok = direct(text)
-        written += ok
+        ok = direct(texts)
+        written += len(texts) if ok else 0
         return ok
 
     conn._direct = counting
@@ -71,3 +72,33 @@ async def test_other_servers_send_goes_through_the_writer() -> None:
     await asyncio.sleep(0.01)
     writer.cancel()
     assert [orjson.loads(m["text"])["seq"] for m in sent] == [1, 2, 3]
+
+
+async def test_a_replay_is_written_in_batches(server: GatewayThread, rest: REST) -> None:
+    """The writer hands the socket up to WRITE_BATCH_BYTES of queued frames per write: a
+    replay of 1,000 events takes a few dozen writes, not 1,000, and arrives whole."""
+    ws = await WSClient.open(server.ws_url)
+    agent = await rest.agent(name="a")
+    frames = await ws.run(agent["id"], "Write 1000 words please")
+    assert len(frames) > 1000
+    before = set(server.gateway.connections)
+    other = await WSClient.open(server.ws_url)
+    (conn,) = set(server.gateway.connections) - before
+    assert conn._direct is not None
+    direct = conn._direct
+    calls: list[int] = []
+
+    def counting(texts: Sequence[str]) -> bool:
+        ok = direct(texts)
+        if ok:
+            calls.append(len(texts))
+        return ok
+
+    conn._direct = counting
+    assert (await other.request("run.subscribe", run_id=frames[0]["run_id"], after=0))["type"] == "ack"
+    replayed = await other.finish(frames[0]["run_id"])
+    assert [(f["seq"], f["event"]) for f in replayed] == [(f["seq"], f["event"]) for f in frames]
+    assert sum(calls) >= len(frames) - 1, "all but perhaps the last frames went through the batch writer"
+    assert len(calls) < len(frames) / 10, calls
+    await other.close()
+    await ws.close()
