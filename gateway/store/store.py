@@ -65,6 +65,9 @@ def _columns(cls: type[Base]) -> list[tuple[str, Any]]:
     return cols
 
 
+_INSERTS: dict[Table, Any] = {}
+
+
 def insert_new(s: Session, objects: Iterable[Base]) -> None:
     """INSERT new rows given as (transient) ORM objects with one Core statement per table and
     set of columns, in order of first appearance, without the ORM's unit of work (which costs
@@ -85,7 +88,10 @@ def insert_new(s: Session, objects: Iterable[Base]) -> None:
         batches.setdefault((table, tuple(row)), []).append(row)
     conn = s.connection()
     for (table, _), rows in batches.items():
-        conn.execute(insert(table), rows)
+        stmt = _INSERTS.get(table)
+        if stmt is None:
+            stmt = _INSERTS[table] = insert(table)
+        conn.execute(stmt, rows)
 
 
 # The statements every run executes, built once and run on the session's Connection: no
@@ -113,6 +119,8 @@ _HISTORY_AFTER = (
     .where(Message.agent_id == bindparam("b_agent"), Message.pos > bindparam("b_pos"))
     .order_by(Message.pos)
 )
+# Runs' columns are set from the keys of the parameters given with it.
+_UPDATE_RUN = update(_runs).where(_runs.c.id == bindparam("b_run"))
 _AGENT = select(Agent).where(Agent.id == bindparam("b_agent"))
 _MESSAGE_COUNT = (
     select(func.count()).select_from(_messages).where(_messages.c.agent_id == bindparam("b_agent"))
@@ -356,7 +364,7 @@ class Store:
         def tx(s: Session) -> None:
             insert_new(s, [step, *messages, *approvals])
             if run_fields:
-                s.connection().execute(update(_runs).where(_runs.c.id == run_id).values(**run_fields))
+                s.connection().execute(_UPDATE_RUN, {"b_run": run_id, **run_fields})
 
         return await self.transaction(tx)
 
@@ -620,7 +628,7 @@ class Store:
             if last_step is not None:
                 insert_new(s, [last_step[0], *last_step[1]])
             conn = s.connection()
-            conn.execute(update(_runs).where(_runs.c.id == run_id).values(**fields))
+            conn.execute(_UPDATE_RUN, {"b_run": run_id, **fields})
             _release(s, agent_id, run_id)
             return conn.execute(_QUEUED_RUN, {"b_agent": agent_id}).first() is not None
 
