@@ -190,7 +190,7 @@ class SSEJsonDecoder:
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         """The objects of the events `chunk` completes, oldest first."""
-        out = []
+        out: list[dict[str, Any]] = []
         for name, data in self._feed(chunk):
             if not data or data.isspace():
                 continue
