@@ -100,8 +100,12 @@ if _StreamReader is not None:
             pass
 
         def feed_eof(self) -> None:
-            super().feed_eof()  # runs aiohttp's end-of-body callbacks (connection release)
             sink = _SINKS.get(self)
+            if sink is not None and self._buffer:
+                # Bytes that reached the buffer some other way than feed_data (an aiohttp
+                # whose parser calls something else): hand them on rather than lose them.
+                sink.data(self.read_nowait())
+            super().feed_eof()  # runs aiohttp's end-of-body callbacks (connection release)
             if sink is not None:
                 sink.end(None)
 

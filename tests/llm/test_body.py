@@ -241,3 +241,31 @@ async def test_a_compressed_body_is_pulled_and_decompressed(upstream: Any) -> No
     finally:
         await client.close()
     assert b"".join(got) == b"".join(EVENTS)
+
+
+async def test_bytes_that_reached_the_buffer_are_handed_on_at_the_end() -> None:
+    """Should an aiohttp release feed the body through another method than feed_data, what
+    it buffered still reaches on_chunk when the body ends, instead of being lost."""
+    from aiohttp.streams import StreamReader
+
+    class FlowControl:  # the part of aiohttp's protocol a StreamReader calls
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self, resume_parser: bool = True) -> None:
+            pass
+
+    loop = asyncio.get_running_loop()
+    reader = StreamReader(FlowControl(), 1 << 16, loop=loop)  # type: ignore[arg-type]
+    reader.__class__ = body._PushReader
+    got: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+    body._SINKS[reader] = body._Sink(got.append, done)
+    try:
+        reader.feed_data(b"pushed ")
+        StreamReader.feed_data(reader, b"buffered")
+        reader.feed_eof()
+        await asyncio.wait_for(done, 1)
+    finally:
+        del body._SINKS[reader]
+    assert got == [b"pushed ", b"buffered"]
