@@ -65,7 +65,7 @@ def _columns(cls: type[Base]) -> list[tuple[str, Any]]:
     return cols
 
 
-_INSERTS: dict[Table, Any] = {}
+_INSERTS: dict[Table, Any] = {}  # insert(table), built once per table
 
 
 def insert_new(s: Session, objects: Iterable[Base]) -> None:
@@ -98,6 +98,7 @@ def insert_new(s: Session, objects: Iterable[Base]) -> None:
 # statement construction, no ORM execution layer (bulk-update synchronisation, ORM compile).
 _agents = cast(Table, Agent.__table__)
 _runs = cast(Table, Run.__table__)
+_messages = cast(Table, Message.__table__)
 _CLAIM_AGENT = (
     update(_agents)
     .where(_agents.c.id == bindparam("b_agent"), _agents.c.active_run_id.is_(None))
@@ -113,7 +114,6 @@ _QUEUED_RUN = (
 )
 
 
-_messages = cast(Table, Message.__table__)
 _HISTORY_AFTER = (
     select(Message)
     .where(Message.agent_id == bindparam("b_agent"), Message.pos > bindparam("b_pos"))

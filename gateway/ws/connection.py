@@ -274,7 +274,6 @@ def direct_writer(send: ASGISend) -> Callable[[Sequence[str]], bool] | None:
         _ = proto.disconnected, proto.close_sent, proto.handshake_complete, ws.extensions, ws.writes
     except AttributeError:
         return None
-    from websockets.exceptions import InvalidState
     from websockets.protocol import State
 
     open_state = State.OPEN
@@ -288,12 +287,11 @@ def direct_writer(send: ASGISend) -> Callable[[Sequence[str]], bool] | None:
             or transport.is_closing()
         ):
             return False
-        if ws.extensions or ws.expect_continuation_frame:
-            try:
-                for text in texts:
-                    send_text(text.encode())
-            except InvalidState:
-                return False
+        if ws.expect_continuation_frame:  # a fragmented message is open: not ours to cut in
+            return False
+        if ws.extensions:  # the state was checked above, so send_text cannot refuse
+            for text in texts:
+                send_text(text.encode())
             transport.write(b"".join(data_to_send()))
             return True
         if ws.writes:  # bytes websockets queued itself (a pong): they go first
