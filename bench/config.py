@@ -26,7 +26,7 @@ class Config:
     cpu_levels: tuple[int, ...] = (1, 50, 200)
     cpu_words: int = 200
     cpu_min_deltas: int = 6_000
-    cpu_reps: int = 3
+    cpu_reps: int = 5
     # The marginal cost of a delta: `cpu_marginal_runs` runs of `cpu_long_words` deltas minus
     # as many runs of one delta, `cpu_marginal_level` at a time.
     cpu_marginal_level: int = 10
