@@ -17,7 +17,7 @@ Contracts:
 - An event still open when the body ends (no blank line after it) is discarded, as the spec
   says; `pending` tells whether such bytes are buffered.
 - The decoder is pure bookkeeping: no I/O, no clock, no logging. `SSEJsonDecoder` adds the
-  JSON step (still synchronous); `iter_sse_json` is the thin async glue over a byte iterator.
+  JSON step, still synchronous: `gateway.llm.body` feeds it from the response body.
 
 Cost: one `bytes.find` per event boundary and one `split` per event; no regex, no per-line
 decoding (data stays bytes and goes to orjson as is).
@@ -25,12 +25,11 @@ decoding (data stays bytes and goes to orjson as is).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-__all__ = ["SSEDataError", "SSEDecoder", "SSEJsonDecoder", "iter_sse_json"]
+__all__ = ["SSEDataError", "SSEDecoder", "SSEJsonDecoder"]
 
 _BOM = b"\xef\xbb\xbf"
 # The Messages API's event names, decoded once.
@@ -204,17 +203,3 @@ class SSEJsonDecoder:
                 obj["type"] = name
             out.append(obj)
         return out
-
-
-async def iter_sse_json(byte_iter: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """Yield the JSON object of every event of an SSE body, in order (`SSEJsonDecoder`)."""
-    feed = SSEJsonDecoder().feed
-    async for chunk in byte_iter:
-        try:
-            objs = feed(chunk)
-        except SSEDataError as exc:
-            for obj in exc.before:
-                yield obj
-            raise
-        for obj in objs:
-            yield obj

@@ -1,13 +1,11 @@
-"""SSEDecoder and iter_sse_json, replayed on the recorded transcripts in fixtures/."""
+"""SSEDecoder and SSEJsonDecoder, replayed on the recorded transcripts in fixtures/."""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
-from gateway.llm.sse import SSEDataError, SSEDecoder, SSEJsonDecoder, iter_sse_json
+from gateway.llm.sse import SSEDataError, SSEDecoder, SSEJsonDecoder
 from tests.llm.sse_replay import FIXTURES, chunkings, split_random
 
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.sse"))
@@ -156,56 +154,47 @@ def test_a_long_event_in_many_chunks() -> None:
     assert decode_all(list(split_random(body, seed=1, max_size=512))) == [("big", payload)]
 
 
-# -- iter_sse_json ------------------------------------------------------------------------
+# -- SSEJsonDecoder -----------------------------------------------------------------------
 
 
-async def aiter_chunks(chunks: list[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-async def collect(chunks: list[bytes]) -> list[dict[str, object]]:
-    return [obj async for obj in iter_sse_json(aiter_chunks(chunks))]
+def collect(chunks: list[bytes]) -> list[dict[str, object]]:
+    feed = SSEJsonDecoder().feed
+    return [obj for chunk in chunks for obj in feed(chunk)]
 
 
 @pytest.mark.parametrize("name", ALL_FIXTURES)
-async def test_iter_sse_json_yields_the_payloads(name: str) -> None:
+def test_json_decoder_yields_the_payloads(name: str) -> None:
     body = (FIXTURES / name).read_bytes()
     expected = [orjson.loads(data) for _, data in reference_decode(body)]
     for way, chunks in chunkings(body).items():
-        assert await collect(chunks) == expected, way
+        assert collect(chunks) == expected, way
 
 
-async def test_iter_sse_json_skips_empty_data_and_fills_a_missing_type() -> None:
+def test_json_decoder_skips_empty_data_and_fills_a_missing_type() -> None:
     body = b'event: ping\ndata:\n\nevent: ping\ndata:   \n\nevent: ping\ndata: {}\n\ndata: {"type": "x"}\n\n'
-    assert await collect([body]) == [{"type": "ping"}, {"type": "x"}]
+    assert collect([body]) == [{"type": "ping"}, {"type": "x"}]
 
 
-async def test_iter_sse_json_padded_json() -> None:
-    assert await collect([b'event: ping\ndata:   {"type": "ping"}  \n\n']) == [{"type": "ping"}]
+def test_json_decoder_padded_json() -> None:
+    assert collect([b'event: ping\ndata:   {"type": "ping"}  \n\n']) == [{"type": "ping"}]
 
 
-async def test_iter_sse_json_rejects_invalid_json() -> None:
+def test_json_decoder_rejects_invalid_json() -> None:
     with pytest.raises(SSEDataError, match=r"'message_start'.*not valid JSON"):
-        await collect([b'event: message_start\ndata: {"type": \n\n'])
+        collect([b'event: message_start\ndata: {"type": \n\n'])
 
 
-async def test_iter_sse_json_rejects_a_non_object() -> None:
+def test_json_decoder_rejects_a_non_object() -> None:
     with pytest.raises(SSEDataError, match="list, not an object"):
-        await collect([b"data: [1, 2]\n\n"])
+        collect([b"data: [1, 2]\n\n"])
 
 
-async def test_iter_sse_json_drops_an_unfinished_last_event() -> None:
-    assert await collect([b'data: {"type": "a"}\n\ndata: {"type": "b"}\n']) == [{"type": "a"}]
+def test_json_decoder_drops_an_unfinished_last_event() -> None:
+    assert collect([b'data: {"type": "a"}\n\ndata: {"type": "b"}\n']) == [{"type": "a"}]
 
 
-async def test_the_events_before_a_bad_one_in_the_same_chunk_are_kept() -> None:
+def test_the_events_before_a_bad_one_in_the_same_chunk_are_kept() -> None:
     body = b'data: {"type": "a"}\n\ndata: {"type": "b"}\n\ndata: {oops\n\ndata: {"type": "c"}\n\n'
-    got: list[dict[str, object]] = []
-    with pytest.raises(SSEDataError, match="not valid JSON"):
-        async for obj in iter_sse_json(aiter_chunks([body])):
-            got.append(obj)
-    assert got == [{"type": "a"}, {"type": "b"}]
-    with pytest.raises(SSEDataError) as caught:
+    with pytest.raises(SSEDataError, match="not valid JSON") as caught:
         SSEJsonDecoder().feed(body)
     assert caught.value.before == [{"type": "a"}, {"type": "b"}]
