@@ -211,6 +211,13 @@ def encode_event(run_id: str, seq: int, event: dict[str, Any], seq_from: int | N
     return _dumps({"type": "event", "run_id": run_id, "seq": seq, "event": event, "seq_from": seq_from})
 
 
+def event_of(frame: str | bytes) -> dict[str, Any]:
+    """The run event an event frame made by :func:`encode_event` carries (no validation:
+    the frame is the server's own)."""
+    event: dict[str, Any] = orjson.loads(frame)["event"]
+    return event
+
+
 def encode_goodbye(code: CloseCode | int, reason: str) -> bytes:
     """``{"type": "goodbye", "code": code, "reason": reason}``, sent just before closing.
 

@@ -381,8 +381,8 @@ class RedisBroker(MemoryBroker):
         lg: _RedisLog = self.logs[run_id]  # type: ignore[assignment]
         seq = len(lg.frames) + 1
         frame = encode_event(run_id, seq, event).decode()
-        lg.frames.append(frame)
-        lg.events.append(event)
+        lg.frames.append(frame)  # type: ignore[union-attr]  # a sealed log takes no appends
+        lg.events.append(event)  # type: ignore[union-attr]
         for sink in lg.sinks:
             sink.deliver(run_id, seq, frame, event)
         if not lg.dirty:
@@ -596,6 +596,7 @@ class RedisBroker(MemoryBroker):
         if snap.closed:
             lg.closed_at = time.monotonic()
             lg.close_written = True
+            lg.seal()
             self._schedule_sweep()
         self.logs[run_id] = lg
         try:
@@ -673,7 +674,7 @@ class RedisBroker(MemoryBroker):
             lg = self.logs.get(run_id)
             if lg is not None:  # adopted here meanwhile: the local log has it all
                 for i in range(cursor, len(lg.frames)):
-                    sink.deliver(run_id, i + 1, lg.frames[i], lg.events[i])
+                    sink.deliver(run_id, i + 1, lg.frames[i], lg.event(i))
                 if sink not in lg.sinks:
                     lg.sinks.append(sink)
                 return lg.info()

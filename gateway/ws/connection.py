@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway.ws.frames import text_frame
-from protocol.codec import encode_event, encode_goodbye
+from protocol.codec import encode_event, encode_goodbye, event_of
 from protocol.codes import CloseCode
 from protocol.runs import TERMINAL_STATUSES
 
@@ -27,8 +27,9 @@ REPLAY_PAGE = 256
 # The most bytes of queued frames the writer hands the socket in one write.
 WRITE_BATCH_BYTES = 64 << 10
 
-# (run_id, after, limit) -> up to `limit` (seq, frame, event) with seq > after, in order.
-LogReader = Callable[[str, int, int], list[tuple[int, str, dict[str, Any]]]]
+# (run_id, after, limit) -> up to `limit` (seq, frame, event) with seq > after, in order;
+# event is None for a finished (sealed) log: decode the frame if it is needed.
+LogReader = Callable[[str, int, int], list[tuple[int, str, dict[str, Any] | None]]]
 
 # Delta events that may be merged for a slow consumer, and the field that concatenates.
 MERGEABLE = {"assistant_message": "content", "reasoning_message": "reasoning"}
@@ -107,7 +108,7 @@ class Connection:
                 self.pending_bytes += len(frame)
             if len(page) < REPLAY_PAGE:
                 del self.replays[run_id]
-                if page and _is_terminal(page[-1][2]):
+                if page and _is_terminal(page[-1][2] or event_of(page[-1][1])):
                     self.finished.append(run_id)
             else:
                 cursor[0] = page[-1][0]

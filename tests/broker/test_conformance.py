@@ -7,6 +7,7 @@ being one process; and Redis with two processes (the attaching one reads the log
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from typing import Any
 
@@ -216,6 +217,33 @@ async def test_finished_logs_past_the_memory_bound_leave_memory_oldest_first(pai
         assert info is not None and info.closed  # Redis still holds it whole
         await sink.wait_for(10)
         assert sink.seqs == list(range(1, 11))
+
+
+async def test_a_finished_log_is_sealed_and_replays_the_same(pair: Pair) -> None:
+    """Closing seals the log: its frames become a tuple the collector stops walking and its
+    event dicts go (full collections would otherwise walk every event ever held); readers
+    get the very same frames and events as before."""
+    w = pair.writer
+    w.open("r1", "ep1")
+    for i in range(10):
+        w.append("r1", delta(i))
+    before = frames_of(w, "r1")
+    w.close("r1")
+    await settle(w)
+    log = w.logs["r1"]
+    assert log.events is None and isinstance(log.frames, tuple)
+    gc.collect()
+    assert not gc.is_tracked(log.frames)
+    assert frames_of(w, "r1") == before
+    page = w.page("r1", 3, 4)
+    assert [(seq, frame) for seq, frame, _ in page] == before[3:7]
+    assert all(event is None for _, _, event in page)  # pullers decode when they need to
+    sink = RecordingSink()
+    info = await pair.reader.attach("r1", sink, 2)
+    assert info is not None and info.closed and info.last_seq == 10
+    await sink.wait_for(8)
+    assert sink.got == before[2:]
+    assert sink.events == [delta(i) for i in range(2, 10)]
 
 
 async def test_control_messages_reach_the_handlers(pair: Pair) -> None:
