@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import pytest
 
 from gateway.llm import body
@@ -86,8 +87,15 @@ async def upstream() -> AsyncIterator[Callable[[Script], Any]]:
         server.close()
 
 
-async def read_all(up: Upstream, backend: str, on_chunk: Callable[[bytes], None] | None = None) -> bytes:
+async def read_all(
+    up: Upstream,
+    backend: str,
+    on_chunk: Callable[[bytes], None] | None = None,
+    read_timeout: float | None = None,
+) -> bytes:
     client = make_client("k", f"http://127.0.0.1:{up.port}", 0, backend)
+    if read_timeout is not None:
+        client = client.with_options(timeout=httpx2.Timeout(5.0, read=read_timeout))
     got: list[bytes] = []
     try:
         async with open_stream(client, REQUEST) as response:
@@ -222,6 +230,72 @@ async def test_cancelling_the_pump_stops_the_feed_at_once(upstream: Any, backend
     assert len(calls) == seen
     await asyncio.wait_for(up.closed.wait(), 5)
     assert not body._SINKS
+
+
+def slow(pause: float, silent_after: int | None = None) -> Script:
+    """Events `pause` apart; after `silent_after` of them, nothing more (the socket stays open,
+    and the server notices when the client closes it)."""
+
+    async def script(writer: asyncio.StreamWriter, up: Upstream) -> None:
+        writer.write(HEAD + b"\r\n")
+        for i, event in enumerate(EVENTS):
+            if i == silent_after:
+                return
+            writer.write(chunk(event))
+            await writer.drain()
+            await asyncio.sleep(pause)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    return script
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_body_silent_for_the_read_timeout_fails_as_timed_out(upstream: Any, backend: str) -> None:
+    """Pushed, the read timeout is kept by one watch per body instead of aiohttp's per-chunk
+    timer; both backends fail the same way, soon after the timeout."""
+    up = await upstream(slow(0.01, silent_after=2))
+    got: list[bytes] = []
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamConnectionError, match="timed out reading the model's response"):
+        await read_all(up, backend, got.append, read_timeout=0.4)
+    waited = asyncio.get_running_loop().time() - started
+    assert 0.4 <= waited < 0.4 * 1.25 + 1.0  # the watch looks every quarter of the timeout
+    assert b"".join(got) == b"".join(EVENTS[:2])
+    await asyncio.wait_for(up.closed.wait(), 5)  # the silent connection was closed
+    assert not body._SINKS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_body_slower_in_all_than_the_read_timeout_is_not_cut(upstream: Any, backend: str) -> None:
+    """The timeout is on the wait for the next bytes, not on the whole body: six events
+    0.15 s apart (0.9 s in all) pass a 0.4 s read timeout."""
+    up = await upstream(slow(0.15))
+    assert await read_all(up, backend, read_timeout=0.4) == b"".join(EVENTS)
+
+
+async def test_a_pushed_body_arms_no_timer_per_chunk(upstream: Any) -> None:
+    """While a body is pushed, aiohttp's read timer is off (no timer cancelled and re-armed per
+    chunk); the connection gets its timeout back afterwards."""
+    up = await upstream(paced)
+    client = make_client("k", f"http://127.0.0.1:{up.port}", 0, "aiohttp")
+    client = client.with_options(timeout=httpx2.Timeout(5.0, read=7.0))
+    protocols: list[Any] = []
+    states: list[tuple[Any, Any]] = []
+
+    def on_chunk(data: bytes) -> None:
+        (reader,) = body._SINKS
+        protocols.append(reader._protocol)
+        states.append((reader._protocol.read_timeout, reader._protocol._read_timeout_handle))
+
+    try:
+        async with open_stream(client, REQUEST) as response:
+            await pump(response, on_chunk)
+    finally:
+        await client.close()
+    assert len(states) == len(EVENTS)
+    assert states == [(None, None)] * len(EVENTS)
+    assert protocols[0].read_timeout == 7.0
 
 
 async def test_a_compressed_body_is_pulled_and_decompressed(upstream: Any) -> None:
