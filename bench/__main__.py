@@ -34,6 +34,7 @@ FIGURES = (
     "resume",
     "fanout",
     "idle_rss",
+    "gc_held",
 )
 
 

@@ -69,6 +69,11 @@ class Config:
     fanout_words: int = 1000
     fanout_tps: float = 500.0
     fanout_reps: int = 3
+    # Held logs: a full garbage collection with `gc_held_runs` finished runs of
+    # `gc_held_events` events in the broker (bench/gcheld.py), `gc_held_reps` collections.
+    gc_held_runs: int = 7800
+    gc_held_events: int = 180
+    gc_held_reps: int = 5
     targets: Targets = field(default_factory=Targets)
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,6 +110,7 @@ QUICK = Config(
     fanout_words=200,
     fanout_tps=400.0,
     fanout_reps=2,
+    gc_held_runs=1000,
 )
 
 TINY = Config(
@@ -138,6 +144,9 @@ TINY = Config(
     fanout_subs=4,
     fanout_words=30,
     fanout_tps=300.0,
+    gc_held_runs=20,
+    gc_held_events=20,
+    gc_held_reps=1,
     fanout_reps=1,
 )
 

@@ -283,6 +283,18 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
                 noise=others(*(r["gateway"].get("load") for r in resume["reps"])),
             )
         )
+    held = figs.get("gc_held")
+    if held:
+        rows.append(
+            _row(
+                f"Full garbage collection, {held['held_events']:,} events of finished runs held in memory",
+                held["sealed_ms"],
+                held["lists_ms"],
+                unit="ms",
+                baseline_name="the same frames and events kept in lists",
+                digits=2,
+            )
+        )
     idle = figs.get("idle_rss")
     if idle:
         for n, r in idle["levels"].items():

@@ -237,6 +237,7 @@ class Suite:
             ("resume", self.fig_resume),
             ("fanout", self.fig_fanout),
             ("idle_rss", self.fig_idle),
+            ("gc_held", self.fig_gc_held),
         ]
         self.results = {"meta": self.meta(), "figures": {}, "notes": []}
         t = time.perf_counter()
@@ -993,6 +994,23 @@ class Suite:
             "gateway_frames": spread([r["gateway"]["frames"] for r in reps]),
             "reps": reps,
         }
+
+    # -- held logs and the garbage collector --------------------------------------------------
+
+    async def fig_gc_held(self) -> dict[str, Any]:
+        """A full collection with finished runs held in the broker, sealed (the gateway's) vs
+        the same frames and events in lists (bench/gcheld.py, a process of its own)."""
+        cfg = self.cfg
+        # By path (a --rev tree has no bench/gcheld.py); -P: not bench/ first on sys.path.
+        script = str(procs.ROOT / "bench" / "gcheld.py")
+        argv = [procs.PYTHON, "-P", script, "--runs", str(cfg.gc_held_runs)]
+        argv += ["--events", str(cfg.gc_held_events), "--reps", str(cfg.gc_held_reps)]
+        result = await asyncio.to_thread(procs.run_json, argv, 600.0)
+        self.log(
+            f"  gc held {result['held_events']} events: sealed {result['sealed_ms']:.2f} ms, "
+            f"lists {result['lists_ms']:.2f} ms"
+        )
+        return result
 
     # -- fan-out -----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ def test_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         "RSS per idle connection": False,
         "Fan-out to 4 subscribers: first -> last": False,
         "Fan-out to 4 subscribers: CPU per delivered frame": False,
+        "Full garbage collection, 400 events": False,
     }
     for row in rows:
         for side in ("gateway", "baseline"):
@@ -67,6 +68,8 @@ def test_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     assert first["runs"] == 5 and first["gateway"]["n"] == 5 and first["sdk"]["n"] == 5
     assert 0 < first["sdk"]["p50"] and 0 < first["gateway"]["p50"]
     assert figures["resume"]["events"] == 200
+    held = figures["gc_held"]
+    assert held["held_events"] == 400 and held["tracked_sealed"] > 0 and held["lists_ms"] > 0
     assert (tmp_path / "latest.md").read_text().count("\n| ") >= len(rows)
     for plot in ("latency_vs_concurrency.png", "cpu_per_delta_vs_concurrency.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
