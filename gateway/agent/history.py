@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.store import Agent, Message, Tool
+import orjson
+
+from gateway.store import Agent, Tool
+from gateway.store.store import HistoryTuple
 
 INTERRUPTED = "error: the tool call was interrupted before it returned"
 
@@ -34,20 +37,22 @@ def user_content(content: str | list[Any]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _turns(rows: Iterable[Message]) -> list[dict[str, Any]]:
+def _turns(rows: Iterable[HistoryTuple]) -> list[dict[str, Any]]:
     turns: list[dict[str, Any]] = []
-    for row in rows:
-        if not row.content:
+    loads = orjson.loads
+    for _pos, _id, row_role, blob, _partial in rows:
+        content = loads(blob)  # a fresh list: the turn may be extended in place
+        if not content:
             continue
-        role = "assistant" if row.role == "assistant" else "user"
+        role = "assistant" if row_role == "assistant" else "user"
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(row.content)
+            turns[-1]["content"].extend(content)
         else:
-            turns.append({"role": role, "content": list(row.content)})
+            turns.append({"role": role, "content": content})
     return turns
 
 
-def build_messages(rows: Iterable[Message]) -> list[dict[str, Any]]:
+def build_messages(rows: Iterable[HistoryTuple]) -> list[dict[str, Any]]:
     turns = _turns(rows)
     out: list[dict[str, Any]] = []
     pending: list[str] = []  # tool_use ids of the previous assistant turn
@@ -76,7 +81,7 @@ def _interrupted(tool_use_id: str) -> dict[str, Any]:
     return {"type": "tool_result", "tool_use_id": tool_use_id, "content": INTERRUPTED, "is_error": True}
 
 
-def build_request(agent: Agent, tools: list[Tool], rows: Iterable[Message]) -> dict[str, Any]:
+def build_request(agent: Agent, tools: list[Tool], rows: Iterable[HistoryTuple]) -> dict[str, Any]:
     """The keyword arguments of `messages.create` for the agent's next step."""
     settings = agent.settings or {}
     max_tokens = int(settings.get("max_tokens") or 4096)

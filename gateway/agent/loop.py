@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from gateway.llm.interpreter import (
 from gateway.llm.sse import SSEDataError, SSEJsonDecoder
 from gateway.runs.lifecycle import STOP_ACTIONS, Action, advance
 from gateway.store import Agent, Approval, Message, Run, Step, Store, Tool, new_id, now_iso
+from gateway.store.store import HistoryTuple
 from gateway.tools import ToolResult, execute_tool
 
 log = logging.getLogger("gateway.run")
@@ -70,7 +71,7 @@ class ActiveRun:
     # The agent and its tools as the run started: read once, not on every step.
     agent: Agent | None = None
     tools: list[Tool] | None = None
-    history: list[Message] | None = None  # prefetched for the first step only
+    history: Sequence[HistoryTuple] | None = None  # prefetched for the first step only
     # The last step's rows when it ended the run: written by `finish` in the same transaction
     # as the terminal status (one commit fewer per run).
     last_step: tuple[Step, list[Message]] | None = None

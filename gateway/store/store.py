@@ -20,8 +20,9 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
+import orjson
 from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -115,9 +116,9 @@ _QUEUED_RUN = (
 
 
 _HISTORY_AFTER = (
-    select(Message)
-    .where(Message.agent_id == bindparam("b_agent"), Message.pos > bindparam("b_pos"))
-    .order_by(Message.pos)
+    select(_messages.c.pos, _messages.c.id, _messages.c.role, _messages.c.content, _messages.c.partial)
+    .where(_messages.c.agent_id == bindparam("b_agent"), _messages.c.pos > bindparam("b_pos"))
+    .order_by(_messages.c.pos)
 )
 # Runs' columns are set from the keys of the parameters given with it.
 _UPDATE_RUN = update(_runs).where(_runs.c.id == bindparam("b_run"))
@@ -125,6 +126,36 @@ _AGENT = select(Agent).where(Agent.id == bindparam("b_agent"))
 _MESSAGE_COUNT = (
     select(func.count()).select_from(_messages).where(_messages.c.agent_id == bindparam("b_agent"))
 )
+
+
+# A message of an agent's history as `Store.history` returns and caches it:
+# (pos, id, role, content blocks as JSON, partial). A plain tuple of plain values, which the
+# garbage collector stops tracking (as it does the cache's tuple of them): an ORM `Message`
+# with its loaded state is about 17 tracked objects, the cache keeps the histories of up to
+# HISTORY_CACHE_AGENTS agents, and every full collection walked them all.
+HistoryTuple = tuple[int, str, str, bytes, bool]
+
+
+class HistoryRow(NamedTuple):
+    """A named view of a HistoryTuple (`HistoryRow(*t)`), for readers that want names."""
+
+    pos: int
+    id: str
+    role: str
+    blob: bytes
+    partial: bool
+
+    @property
+    def content(self) -> list[Any]:
+        """The content blocks, decoded (a fresh list each time: the caller may change it)."""
+        content: list[Any] = orjson.loads(self.blob)
+        return content
+
+
+def _history_rows(s: Session, agent_id: str, after: int) -> list[HistoryTuple]:
+    rows = s.connection().execute(_HISTORY_AFTER, {"b_agent": agent_id, "b_pos": after})
+    dumps = orjson.dumps
+    return [(pos, i, role, dumps(blocks), bool(partial)) for pos, i, role, blocks, partial in rows]
 
 
 def _claim(s: Session, agent_id: str, run_id: str) -> bool:
@@ -142,7 +173,7 @@ class Store:
         self.engine = engine
         self._checkpointer: asyncio.Future[None] | None = None
         # agent id -> (its messages in order, the last one's pos), most recently used last.
-        self._histories: dict[str, tuple[list[Message], int]] = {}
+        self._histories: dict[str, tuple[tuple[HistoryTuple, ...], int]] = {}
         self._async: async_sessionmaker[Any] | None = None
         self._sync: sessionmaker[Session] | None = None
         if isinstance(engine, AsyncEngine):
@@ -368,34 +399,33 @@ class Store:
 
         return await self.transaction(tx)
 
-    async def history(self, agent_id: str) -> list[Message]:
+    async def history(self, agent_id: str) -> Sequence[HistoryTuple]:
         return await self.transaction(self._history_in, agent_id)
 
-    def _history_in(self, s: Session, agent_id: str) -> list[Message]:
+    def _history_in(self, s: Session, agent_id: str) -> Sequence[HistoryTuple]:
         """The agent's messages in order. Messages are append-only, so the rows read last
         time are kept (per agent, for the most recently used agents) and only the rows after
         them are read; a count of the agent's rows checks that nothing else changed (a row
         committed late with a lower position, the agent deleted), and reads all of them if so.
-        The cached rows are detached and shared: read-only."""
+        The rows are plain immutable tuples (HistoryTuple), shared between runs."""
         cached = self._histories.get(agent_id)
         if cached is not None:
             rows, last_pos = cached
-            new = list(s.execute(_HISTORY_AFTER, {"b_agent": agent_id, "b_pos": last_pos}).scalars())
+            new = _history_rows(s, agent_id, last_pos)
             total = s.connection().execute(_MESSAGE_COUNT, {"b_agent": agent_id}).scalar_one()
             if total == len(rows) + len(new):
-                history = rows + new
+                history = rows + tuple(new) if new else rows
                 self._remember(agent_id, history)
                 return history
-        q = select(Message).where(Message.agent_id == agent_id).order_by(Message.pos)
-        history = list(s.execute(q).scalars())
+        history = tuple(_history_rows(s, agent_id, -1))
         self._remember(agent_id, history)
         return history
 
-    def _remember(self, agent_id: str, history: list[Message]) -> None:
+    def _remember(self, agent_id: str, history: tuple[HistoryTuple, ...]) -> None:
         histories = self._histories
         histories.pop(agent_id, None)
         if history:
-            histories[agent_id] = (history, history[-1].pos)
+            histories[agent_id] = (history, history[-1][0])
             if len(histories) > HISTORY_CACHE_AGENTS:
                 del histories[next(iter(histories))]
 
@@ -647,4 +677,4 @@ class Admission:
     started: bool = False
     busy_with: str | None = None
     tools: list[Tool] | None = None
-    history: list[Message] | None = None
+    history: Sequence[HistoryTuple] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from sqlalchemy import delete, select
@@ -10,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.store import Approval, Message, Run, Step, Store, new_id, now_iso
-from gateway.store.store import insert_new
+from gateway.store.store import HistoryRow, insert_new
 
 
 async def make_agent(store: Store) -> str:
@@ -135,7 +136,7 @@ async def test_history_in_order_and_step_persisted_atomically(store: Store) -> N
         [{"type": "thinking", "thinking": "t", "signature": "s"}, {"type": "text", "text": "yo"}],
     )
     await store.persist_step(step, [reply], run.id, {"step_count": 1, "usage": {"prompt_tokens": 3}})
-    rows = await store.history(agent_id)
+    rows = [HistoryRow(*r) for r in await store.history(agent_id)]
     assert [r.role for r in rows] == ["user", "assistant"]
     assert rows[1].content[0] == {"type": "thinking", "thinking": "t", "signature": "s"}
     got = await store.get_run(run.id)
@@ -198,7 +199,7 @@ async def test_delete_agent_removes_its_rows(store: Store) -> None:
         store, make_run(agent_id), [message(agent_id, "r", "user", [{"type": "text", "text": "hi"}])]
     )
     assert await store.delete_agent(agent_id)
-    assert await store.get_run(run.id) is None and await store.history(agent_id) == []
+    assert await store.get_run(run.id) is None and await store.history(agent_id) == ()
 
 
 async def test_admit_run_races(store: Store) -> None:
@@ -220,7 +221,7 @@ async def test_admit_run_races(store: Store) -> None:
         *(store.admit_run(agent_id, r, builder(r), idempotency_key=None, queue_if_busy=False) for r in ids)
     )
     started = [a for a in results if a.started]
-    assert len(started) == 1 and started[0].history and started[0].history[-1].role == "user"
+    assert len(started) == 1 and started[0].history and HistoryRow(*started[0].history[-1]).role == "user"
     winner = started[0].run.id
     assert all(a.busy_with == winner for a in results if not a.started)
     queued = await store.admit_run(
@@ -271,7 +272,7 @@ async def test_insert_new_fills_defaults_and_keeps_order(store: Store) -> None:
     )  # `partial` left unset: its default applies
     await store.transaction(lambda s: insert_new(s, [first, second]))
     assert second.partial is False
-    rows = await store.history(agent_id)
+    rows = [HistoryRow(*r) for r in await store.history(agent_id)]
     assert [r.id for r in rows] == [first.id, second.id]
     assert rows[0].pos < rows[1].pos
     assert rows[1].partial is False
@@ -287,21 +288,43 @@ async def test_history_reads_only_new_rows_and_notices_other_changes(store: Stor
     await store.add_messages([message(agent_id, "r1", "assistant", [{"type": "text", "text": "b"}])])
     second = await store.history(agent_id)
     assert second[0] is first[0], "the earlier row was not read again"
-    assert [m.content[0]["text"] for m in second] == ["a", "b"]
+    assert [HistoryRow(*m).content[0]["text"] for m in second] == ["a", "b"]
 
     def fresh(s: Session) -> list[str]:
         q = select(Message.id).where(Message.agent_id == agent_id).order_by(Message.pos)
         return list(s.execute(q).scalars())
 
-    assert [m.id for m in second] == await store.transaction(fresh)
+    assert [HistoryRow(*m).id for m in second] == await store.transaction(fresh)
 
     def drop_first(s: Session) -> None:
-        s.execute(delete(Message).where(Message.id == second[0].id))
+        s.execute(delete(Message).where(Message.id == HistoryRow(*second[0]).id))
 
     await store.transaction(drop_first)
     await store.add_messages([message(agent_id, "r1", "user", [{"type": "text", "text": "c"}])])
     third = await store.history(agent_id)
-    assert [m.content[0]["text"] for m in third] == ["b", "c"]
-    assert [m.id for m in third] == await store.transaction(fresh)
+    assert [HistoryRow(*m).content[0]["text"] for m in third] == ["b", "c"]
+    assert [HistoryRow(*m).id for m in third] == await store.transaction(fresh)
     assert await store.delete_agent(agent_id)
-    assert await store.history(agent_id) == []
+    assert await store.history(agent_id) == ()
+
+
+async def test_the_history_cache_holds_nothing_the_garbage_collector_walks(store: Store) -> None:
+    """Cached histories are tuples of plain values (an ORM row is ~17 tracked objects, and the
+    cache keeps up to 1024 agents' histories, which every full collection walked); each read of
+    a row's content is a fresh copy, so a caller changing it changes nothing cached."""
+    agent_id = await make_agent(store)
+    call = {"type": "tool_use", "id": "t1", "name": "f", "input": {"x": [1, 2]}}
+    await store.add_messages(
+        [
+            message(agent_id, "r1", "user", [{"type": "text", "text": "a"}]),
+            message(agent_id, "r1", "assistant", [call]),
+        ]
+    )
+    rows = await store.history(agent_id)
+    gc.collect()
+    gc.collect()  # the outer tuple is untracked once the collector has seen the inner ones are
+    assert isinstance(rows, tuple) and not gc.is_tracked(rows)
+    assert not any(gc.is_tracked(row) for row in rows)
+    blocks = HistoryRow(*rows[1]).content
+    blocks[0]["input"]["x"].append(3)
+    assert HistoryRow(*(await store.history(agent_id))[1]).content == [call]
