@@ -93,6 +93,11 @@ class Settings:
     # The SDK's HTTP backend for model requests: aiohttp (default; about half the CPU per
     # streamed chunk) or httpx (the SDK's own default).
     llm_http: str = field(default_factory=lambda: _env_choice("GATEWAY_LLM_HTTP", LLM_HTTP_BACKENDS))
+    # The longest wait for the model's next bytes (its response headers, then each part of the
+    # stream) before the step fails as `connection_error`; the SDK's own default is 600 s.
+    llm_read_timeout_s: float = field(
+        default_factory=lambda: _env_positive("GATEWAY_LLM_READ_TIMEOUT_S", 600.0)
+    )
     # Once started, move every object alive into the collector's permanent generation
     # (gc.freeze): full collections then scan only what was made since, not the ~10^6
     # objects of the imported libraries (100+ ms pauses of the event loop otherwise).

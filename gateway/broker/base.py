@@ -9,6 +9,9 @@ Contract (every implementation, checked by one conformance suite):
   the old one learns its cursor is meaningless (`recovered: false`).
 - A closed log (run finished) is kept for `retention_s`, then dropped; earlier, oldest first,
   when the closed logs held in memory pass `max_closed_bytes` (none being replayed is dropped).
+  It is sealed: no more appends, frames kept where the garbage collector does not walk them,
+  event dicts dropped; sinks still get the event (decoded from its frame), pulled pages give
+  None for it (the puller decodes the frame if it needs the event).
 - Sinks are called synchronously on the appending task; they must only enqueue.
 - `info` is this process's view (a log it holds); `fetch_info` also finds a log another
   process writes (Redis). `adopt` loads such a log so this process can continue it (a run

@@ -40,21 +40,41 @@ def parse_handle(handle: str) -> tuple[str, str]:
     return provider, name
 
 
-def make_client(api_key: str, base_url: str | None, retries: int, backend: str) -> anthropic.AsyncAnthropic:
+#: The SDK's default timeouts (connect 5 s, the rest 600 s).
+DEFAULT_READ_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+def make_client(
+    api_key: str,
+    base_url: str | None,
+    retries: int,
+    backend: str,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+) -> anthropic.AsyncAnthropic:
+    """An SDK client on the chosen HTTP backend. `read_timeout_s` bounds every wait for the
+    model's next bytes (kept per body by `gateway.llm.body` while a body is pushed)."""
     http_client = anthropic.DefaultAioHttpClient() if backend == "aiohttp" else None
+    others = max(DEFAULT_READ_TIMEOUT_S, read_timeout_s)  # write and pool
+    timeout = httpx2.Timeout(others, connect=CONNECT_TIMEOUT_S, read=read_timeout_s)
     return anthropic.AsyncAnthropic(
-        api_key=api_key, base_url=base_url, max_retries=retries, http_client=http_client
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=retries,
+        http_client=http_client,
+        timeout=timeout,
     )
 
 
 class ModelRouter:
     def __init__(self, settings: Settings) -> None:
         retries = int(os.environ.get("GATEWAY_LLM_MAX_RETRIES", "2"))
-        self.offline = make_client("offline", settings.resolved_offline_url(), retries, settings.llm_http)
+        http, read = settings.llm_http, settings.llm_read_timeout_s
+        self.offline = make_client("offline", settings.resolved_offline_url(), retries, http, read)
         self.real: anthropic.AsyncAnthropic | None = None
         if settings.anthropic_api_key:
             self.real = make_client(
-                settings.anthropic_api_key, settings.anthropic_base_url, retries, settings.llm_http
+                settings.anthropic_api_key, settings.anthropic_base_url, retries, http, read
             )
 
     @staticmethod

@@ -1,5 +1,6 @@
 """How a run ends when the model fails: an `error` event mid-stream, an HTTP error, a model
-that cannot be reached, a connection cut mid-body, a body that is not valid SSE JSON.
+that cannot be reached, a connection cut mid-body, a model that falls silent (before its
+headers or mid-body) for the read timeout, a body that is not valid SSE JSON.
 
 Each ends the run `failed` with `stop_reason: llm_api_error` and an `error_message` saying
 which failure it was and whether retrying may help (PROTOCOL.md section 4), keeps what was
@@ -153,6 +154,57 @@ async def test_a_connection_cut_mid_stream(
         assert "mid-response" in error["message"]
         assert text_of(frames) == "Hello there"
         assert ("assistant_message", "Hello there") in await history_text(gw, agent_id)
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+async def test_a_model_silent_mid_stream_for_the_read_timeout(
+    tmp_path: Path, raw_model: Any, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GATEWAY_LLM_READ_TIMEOUT_S bounds the wait for the model's next bytes; a pushed body
+    (aiohttp) keeps it with one watch per body, a pulled one (httpx) with the SDK's timeout:
+    both end the run the same way, soon after the timeout, with what streamed kept."""
+
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + b"".join(sse(e) for e in START))
+        await writer.drain()  # and nothing more, the connection left open
+
+    monkeypatch.setenv("GATEWAY_LLM_MAX_RETRIES", "0")
+    monkeypatch.setenv("GATEWAY_LLM_READ_TIMEOUT_S", "0.5")
+    port = await raw_model(silent)
+    gw = GatewayThread(tmp_path / "data", offline_base_url=f"http://127.0.0.1:{port}", llm_http=backend)
+    gw.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        frames, error, agent_id = await failed_run(gw, "Hello")
+        assert asyncio.get_running_loop().time() - started < 5.0
+        assert error["error_type"] == "connection_error" and error["retryable"] is True
+        assert "timed out" in error["message"], error
+        assert text_of(frames) == "Hello there"
+        assert ("assistant_message", "Hello there") in await history_text(gw, agent_id)
+    finally:
+        gw.stop()
+
+
+async def test_a_model_that_never_answers_times_out(
+    tmp_path: Path, raw_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same timeout bounds the wait for the response's headers (the SDK's own, retried
+    GATEWAY_LLM_MAX_RETRIES times)."""
+
+    async def mute(writer: asyncio.StreamWriter) -> None:
+        return None  # reads the request, answers nothing
+
+    monkeypatch.setenv("GATEWAY_LLM_MAX_RETRIES", "0")
+    monkeypatch.setenv("GATEWAY_LLM_READ_TIMEOUT_S", "0.5")
+    port = await raw_model(mute)
+    gw = GatewayThread(tmp_path / "data", offline_base_url=f"http://127.0.0.1:{port}").start()
+    try:
+        frames, error, _ = await failed_run(gw, "Hello")
+        assert error["error_type"] == "connection_error" and error["retryable"] is True
+        assert "timed out" in error["message"].lower(), error
+        assert text_of(frames) == ""
     finally:
         gw.stop()
 

@@ -45,6 +45,7 @@ def serve_with(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
         ("GATEWAY_OUTBOX_LIMIT", "abc"),
         ("GATEWAY_HEARTBEAT_S", "soon"),
         ("GATEWAY_LOG_MEMORY_MB", "0"),
+        ("GATEWAY_LLM_READ_TIMEOUT_S", "-1"),
     ],
 )
 def test_serve_rejects_a_bad_setting(tmp_path: Path, name: str, value: str) -> None:
