@@ -198,7 +198,9 @@ def start_upstream(workdir: Path, port: int | None = None) -> Proc:
 
 
 def start_gateway(workdir: Path, upstream_port: int, *, profile: Path | None = None) -> Proc:
-    """`gateway serve`, pointed at the external offline model (GATEWAY_OFFLINE_URL)."""
+    """`gateway serve`, pointed at the external offline model as a real deployment points at
+    Anthropic: `ANTHROPIC_BASE_URL` and an API key, so runs take the `anthropic/*` route (and
+    `offline/*` goes to the same model through GATEWAY_OFFLINE_URL)."""
     port = free_port()
     data = workdir / f"gateway-data-{port}"
     args = ["serve", "--port", str(port), "--data-dir", str(data)]
@@ -218,6 +220,8 @@ def start_gateway(workdir: Path, upstream_port: int, *, profile: Path | None = N
             *args,
         ]
     env = {
+        "ANTHROPIC_BASE_URL": f"http://{HOST}:{upstream_port}",
+        "ANTHROPIC_API_KEY": "bench-offline-model",
         "GATEWAY_OFFLINE_URL": f"http://{HOST}:{upstream_port}",
         "GATEWAY_LLM_MAX_RETRIES": "0",
         "GATEWAY_LLM_HTTP": llm_http(),  # the same backend as the SDK floor's

@@ -180,7 +180,7 @@ async def _workload(gw: procs.Proc, words: int, level: int, runs: int, tps: floa
         agents = []
         for i in range(level):
             r = await http.post(
-                "/v1/agents/", json={"name": f"p{i}", "model": "offline/bench", "max_tokens": 8192}
+                "/v1/agents/", json={"name": f"p{i}", "model": "anthropic/bench", "max_tokens": 8192}
             )
             agents.append(r.json()["id"])
     url = f"ws://{procs.HOST}:{gw.port}/v1/ws"

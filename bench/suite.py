@@ -191,7 +191,7 @@ class Suite:
 
         async def make(i: int) -> str:
             async with sem:
-                body = {"name": f"bench-{i}", "model": "offline/bench", **settings}
+                body = {"name": f"bench-{i}", "model": "anthropic/bench", **settings}
                 r = await http.post("/v1/agents/", json=body)
                 r.raise_for_status()
                 return str(r.json()["id"])
