@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
@@ -134,22 +134,6 @@ _MESSAGE_COUNT = (
 # with its loaded state is about 17 tracked objects, the cache keeps the histories of up to
 # HISTORY_CACHE_AGENTS agents, and every full collection walked them all.
 HistoryTuple = tuple[int, str, str, bytes, bool]
-
-
-class HistoryRow(NamedTuple):
-    """A named view of a HistoryTuple (`HistoryRow(*t)`), for readers that want names."""
-
-    pos: int
-    id: str
-    role: str
-    blob: bytes
-    partial: bool
-
-    @property
-    def content(self) -> list[Any]:
-        """The content blocks, decoded (a fresh list each time: the caller may change it)."""
-        content: list[Any] = orjson.loads(self.blob)
-        return content
 
 
 def _history_rows(s: Session, agent_id: str, after: int) -> list[HistoryTuple]:

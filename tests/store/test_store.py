@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Any, NamedTuple
 
+import orjson
 import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.store import Approval, Message, Run, Step, Store, new_id, now_iso
-from gateway.store.store import HistoryRow, insert_new
+from gateway.store.store import insert_new
+
+
+class HistoryRow(NamedTuple):
+    """A named view of a history tuple as Store.history returns it."""
+
+    pos: int
+    id: str
+    role: str
+    blob: bytes
+    partial: bool
+
+    @property
+    def content(self) -> list[Any]:
+        content: list[Any] = orjson.loads(self.blob)
+        return content
 
 
 async def make_agent(store: Store) -> str:
