@@ -84,7 +84,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.broker.base import LogInfo, Sink
 from gateway.broker.memory import DEFAULT_MAX_CLOSED_BYTES, MemoryBroker, RunLog
-from protocol.codec import encode_event
+from protocol.codec import encode_event, event_of
 
 log = logging.getLogger("gateway.broker")
 
@@ -213,8 +213,7 @@ class _Snapshot:
             lo, hi = int(lo), int(hi)
             if hi - lo + 1 != len(frames):
                 raise RuntimeError(f"event log has a gap between seq {lo} and {hi}")
-            loads = orjson.loads
-            self.entries = [(lo + i, frame, loads(frame)["event"]) for i, frame in enumerate(frames)]
+            self.entries = [(lo + i, frame, event_of(frame)) for i, frame in enumerate(frames)]
 
     def info(self) -> LogInfo:
         return LogInfo(self.epoch, self.last_seq, self.first_seq, self.closed)

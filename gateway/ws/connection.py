@@ -108,8 +108,10 @@ class Connection:
                 self.pending_bytes += len(frame)
             if len(page) < REPLAY_PAGE:
                 del self.replays[run_id]
-                if page and _is_terminal(page[-1][2] or event_of(page[-1][1])):
-                    self.finished.append(run_id)
+                if page:
+                    _, last_frame, last_event = page[-1]
+                    if _is_terminal(event_of(last_frame) if last_event is None else last_event):
+                        self.finished.append(run_id)
             else:
                 cursor[0] = page[-1][0]
 

@@ -82,6 +82,22 @@ async def raw_model() -> AsyncIterator[Callable[[Script], Awaitable[int]]]:
         server.close()
 
 
+def gateway_on(
+    tmp_path: Path,
+    port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    backend: str = "aiohttp",
+    read_timeout_s: float | None = None,
+) -> GatewayThread:
+    """A started gateway whose model is the raw server on `port`, with no SDK retries."""
+    monkeypatch.setenv("GATEWAY_LLM_MAX_RETRIES", "0")
+    if read_timeout_s is not None:
+        monkeypatch.setenv("GATEWAY_LLM_READ_TIMEOUT_S", str(read_timeout_s))
+    url = f"http://127.0.0.1:{port}"
+    return GatewayThread(tmp_path / "data", offline_base_url=url, llm_http=backend).start()
+
+
 async def failed_run(gw: GatewayThread, text: str) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """Run `text` on a new agent; returns the frames, the error_message and the agent id."""
     rest = REST(gw.url)
@@ -144,10 +160,7 @@ async def test_a_connection_cut_mid_stream(
         await asyncio.sleep(0.1)
         writer.transport.abort()  # inside the chunked body: no message_stop, no last chunk
 
-    monkeypatch.setenv("GATEWAY_LLM_MAX_RETRIES", "0")
-    port = await raw_model(cut)
-    gw = GatewayThread(tmp_path / "data", offline_base_url=f"http://127.0.0.1:{port}", llm_http=backend)
-    gw.start()
+    gw = gateway_on(tmp_path, await raw_model(cut), monkeypatch, backend=backend)
     try:
         frames, error, agent_id = await failed_run(gw, "Hello")
         assert error["error_type"] == "connection_error" and error["retryable"] is True
@@ -170,11 +183,7 @@ async def test_a_model_silent_mid_stream_for_the_read_timeout(
         writer.write(HEAD + b"".join(sse(e) for e in START))
         await writer.drain()  # and nothing more, the connection left open
 
-    monkeypatch.setenv("GATEWAY_LLM_MAX_RETRIES", "0")
-    monkeypatch.setenv("GATEWAY_LLM_READ_TIMEOUT_S", "0.5")
-    port = await raw_model(silent)
-    gw = GatewayThread(tmp_path / "data", offline_base_url=f"http://127.0.0.1:{port}", llm_http=backend)
-    gw.start()
+    gw = gateway_on(tmp_path, await raw_model(silent), monkeypatch, backend=backend, read_timeout_s=0.5)
     try:
         started = asyncio.get_running_loop().time()
         frames, error, agent_id = await failed_run(gw, "Hello")
@@ -196,10 +205,7 @@ async def test_a_model_that_never_answers_times_out(
     async def mute(writer: asyncio.StreamWriter) -> None:
         return None  # reads the request, answers nothing
 
-    monkeypatch.setenv("GATEWAY_LLM_MAX_RETRIES", "0")
-    monkeypatch.setenv("GATEWAY_LLM_READ_TIMEOUT_S", "0.5")
-    port = await raw_model(mute)
-    gw = GatewayThread(tmp_path / "data", offline_base_url=f"http://127.0.0.1:{port}").start()
+    gw = gateway_on(tmp_path, await raw_model(mute), monkeypatch, read_timeout_s=0.5)
     try:
         frames, error, _ = await failed_run(gw, "Hello")
         assert error["error_type"] == "connection_error" and error["retryable"] is True
